@@ -1,0 +1,1 @@
+"""The autoencoder family: networks, their training and their saved form."""

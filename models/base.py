@@ -1,0 +1,112 @@
+"""The model contract every autoencoder in models/ keeps.
+
+An autoencoder learns to reconstruct windows of normal multi-channel data; its reconstruction
+error is the anomaly score (higher = more anomalous). Every variant takes raw readings in and
+normalises them itself with the scaler it fitted and saved, so a loaded model scores raw data
+exactly as it did when trained.
+
+Shapes: a *series* is (steps, channels) in time order; a batch of *windows* is
+(n, time, channels); ``time`` equals the model's ``window`` length.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Autoencoder", "Scores", "TrainReport"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Scores:
+    """Reconstruction errors of a batch of windows, in normalised units.
+
+    ``window`` (n,) is the score of each window; ``channel`` (n, channels) and ``step`` (n, time)
+    break it down for attribution. ``window`` equals the mean of ``channel`` over channels and of
+    ``step`` over steps.
+    """
+
+    window: np.ndarray  # (n,)
+    channel: np.ndarray  # (n, channels)
+    step: np.ndarray  # (n, time)
+
+
+@dataclass(slots=True)
+class TrainReport:
+    """What training did: losses per epoch and the validation error distribution.
+
+    ``validation_scores`` are the window scores of the held-out (later-in-time) validation
+    windows; thresholds warm-start from them.
+    """
+
+    epochs: list[dict[str, float]] = field(default_factory=list)  # {"epoch", "train_loss", "val_loss"}
+    best_epoch: int = 0
+    stopped_early: bool = False
+    train_windows: int = 0
+    validation_windows: int = 0
+    validation_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (n_val,)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready report: epochs, and validation error quantiles, mean and std."""
+        s = self.validation_scores
+        quantiles = (
+            {str(q): float(np.quantile(s, q)) for q in (0.5, 0.9, 0.95, 0.99, 0.999, 1.0)}
+            if s.size
+            else {}
+        )
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "train_windows": self.train_windows,
+            "validation_windows": self.validation_windows,
+            "seconds": self.seconds,
+            "validation_error": {
+                "mean": float(s.mean()) if s.size else None,
+                "std": float(s.std()) if s.size else None,
+                "quantiles": quantiles,
+            },
+        }
+
+
+class Autoencoder(ABC):
+    """A trained (or trainable) autoencoder over windows of ``channels``.
+
+    Attributes every implementation sets:
+      kind      short name of the variant ("lstm", "dense", "conv", "vae")
+      channels  channel names, in column order
+      window    window length in steps
+      version   stable id of a trained model (derived from its saved content), "" before saving
+      report    the TrainReport of the last fit, or None
+    """
+
+    kind: str
+    channels: tuple[str, ...]
+    window: int
+    version: str
+    report: TrainReport | None
+
+    @abstractmethod
+    def fit(self, data: Any, *, seed: int = 0, progress: bool = False) -> TrainReport:
+        """Fit scaler and network on a normal series: ndarray (steps, channels), DataFrame or CSV."""
+
+    @abstractmethod
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        """Reconstruct raw windows (n, time, channels); returns raw units, same shape."""
+
+    @abstractmethod
+    def score(self, windows: np.ndarray) -> Scores:
+        """Score raw windows (n, time, channels) in one batched, gradient-free call."""
+
+    @abstractmethod
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        """Latent codes (n, latent) of raw windows, for projection and visualisation."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> Path:
+        """Write this model as one version directory; sets and returns ``version`` in it."""
