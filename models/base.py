@@ -43,7 +43,8 @@ class TrainReport:
     windows; thresholds warm-start from them.
     """
 
-    epochs: list[dict[str, float]] = field(default_factory=list)  # {"epoch", "train_loss", "val_loss"}
+    # One {"epoch", "train_loss", "val_loss"} per epoch run.
+    epochs: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
     train_windows: int = 0
@@ -93,7 +94,7 @@ class Autoencoder(ABC):
 
     @abstractmethod
     def fit(self, data: Any, *, seed: int = 0, progress: bool = False) -> TrainReport:
-        """Fit scaler and network on a normal series: ndarray (steps, channels), DataFrame or CSV."""
+        """Fit scaler and network on a normal series: array (steps, channels), DataFrame or CSV."""
 
     @abstractmethod
     def reconstruct(self, windows: np.ndarray) -> np.ndarray:

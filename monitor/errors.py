@@ -20,7 +20,7 @@ class MonitorError(Exception):
 
 
 class ConfigError(MonitorError):
-    """A setting is missing or invalid; the message names the key, the value and what is expected."""
+    """A setting is missing or invalid; the message names the key, the value and what is wanted."""
 
 
 class BrokerError(MonitorError):

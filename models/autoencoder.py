@@ -1,0 +1,287 @@
+"""The shared implementation of the contract for every torch autoencoder variant.
+
+A variant subclasses :class:`TorchAutoencoder`, names its ``kind`` and ``config_class`` and
+builds its :class:`~models.network.Network`; fitting, scaling, batched scoring, encoding and
+saving are the same for all variants and live here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.artifacts import Artifact, write_artifact
+from models.base import Autoencoder, Scores, TrainReport
+from models.config import AutoencoderConfig, ModelConfigError
+from models.network import Network, activate, elementwise_error
+from models.scaling import MinMaxScaler, RobustScaler, scaler_from_dict
+from models.series import as_series, sliding_windows
+from models.training import train
+from monitor.errors import ModelArtifactError
+
+__all__ = ["TorchAutoencoder"]
+
+
+class TorchAutoencoder(Autoencoder):
+    """An autoencoder whose network is a torch module; see :class:`models.base.Autoencoder`.
+
+    Subclasses set ``kind`` and ``config_class`` and implement :meth:`_build_network`. The
+    network is built (seeded) by :meth:`fit`, or from weights by :func:`models.load`.
+
+    Scoring is batched and gradient-free: windows are normalised with the fitted scaler, pushed
+    through the network in chunks of ``config.score_batch_size`` under ``torch.inference_mode``,
+    and the per-element error (MSE/MAE/BCE, normalised units) is averaged per window, per channel
+    and per step.
+    """
+
+    kind: ClassVar[str] = ""
+    config_class: ClassVar[type[AutoencoderConfig]] = AutoencoderConfig
+    #: Whether int8 dynamic quantisation is used when ``inference == "auto"``: set per variant
+    #: from the measurements of ``bench/bench_models.py``.
+    quantise_by_default: ClassVar[bool] = False
+
+    def __init__(self, channels: Sequence[str], config: AutoencoderConfig | None = None) -> None:
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            raise ModelConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
+            )
+        if isinstance(channels, str):
+            raise ModelConfigError(
+                f"channels must be a sequence of names, got the string {channels!r}"
+            )
+        names = tuple(channels)
+        if (
+            not names
+            or len(set(names)) != len(names)
+            or not all(isinstance(c, str) and c for c in names)
+        ):
+            raise ModelConfigError(f"channels must be unique non-empty names, got {names!r}")
+        if config.latent_size >= config.window * len(names):
+            raise ModelConfigError(
+                f"{type(config).__name__}.latent_size: expected < window * channels "
+                f"({config.window * len(names)}) for an undercomplete code, "
+                f"got {config.latent_size}"
+            )
+        self._check_config(config, len(names))
+        self.config = config
+        self.channels = names
+        self.window = config.window
+        self.version = ""
+        self.report: TrainReport | None = None
+        self.scaler: RobustScaler | MinMaxScaler | None = None
+        self.network: Network | None = None
+        self._runtime: nn.Module | None = None
+
+    # -- what a variant supplies ------------------------------------------------------------
+
+    @abstractmethod
+    def _build_network(self) -> Network:
+        """A freshly initialised network for ``self.config`` and ``len(self.channels)``."""
+
+    def _check_config(self, config: AutoencoderConfig, channels: int) -> None:
+        """Variant-specific checks that need the channel count; raise ModelConfigError."""
+
+    # -- the contract -----------------------------------------------------------------------
+
+    @property
+    def fitted(self) -> bool:
+        """True once the model has been fitted or loaded."""
+        return self.network is not None
+
+    def fit(self, data: Any, *, seed: int = 0, progress: bool = False) -> TrainReport:
+        """Fit the scaler and the network on a normal series; returns and keeps the report.
+
+        ``data``: ndarray (steps, channels) in time order, a DataFrame with the channel columns,
+        or a CSV path (see :func:`models.series.as_series`). Windows are cut with
+        ``config.train_stride``; the last ``validation_fraction`` of them validates. The same
+        seed on the same data and thread count gives the same weights. Refitting replaces the
+        previous weights and clears ``version``.
+
+        Raises ValueError if the data does not match the channels or is too short.
+        """
+        series = as_series(data, self.channels)  # (steps, channels)
+        scaler = MinMaxScaler() if self.config.loss == "bce" else RobustScaler()
+        # The scaler sees only the training part of the series: validation stays out-of-sample.
+        n_fit = max(self.window, int(len(series) * (1 - self.config.validation_fraction)))
+        scaler.fit(series[:n_fit])
+        windows = sliding_windows(scaler.transform(series), self.window, self.config.train_stride)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = self._build_network()
+            self.network, self.scaler, self._runtime = network, scaler, None
+            report = train(
+                network,
+                windows,
+                self.config,
+                seed=seed,
+                progress=progress,
+                scorer=lambda w: self._score_normalised(w)[0],
+            )
+        self.report, self.version = report, ""
+        return report
+
+    def reconstruct(self, windows: np.ndarray) -> np.ndarray:
+        """Reconstruct raw windows (n, time, channels); returns raw units, same shape."""
+        x = self._normalised(windows)
+        runtime = self._runtime_network()
+        parts = []
+        with torch.inference_mode():
+            for chunk in torch.from_numpy(x).split(self.config.score_batch_size):
+                parts.append(activate(runtime(chunk), self.config.loss).numpy())
+        out = np.concatenate(parts) if parts else np.zeros_like(x)
+        assert self.scaler is not None
+        return self.scaler.inverse_transform(out)
+
+    def score(self, windows: np.ndarray) -> Scores:
+        """Score raw windows (n, time, channels) -> Scores in normalised units (higher = worse).
+
+        One batched, gradient-free call, chunked by ``config.score_batch_size``. ``channel`` and
+        ``step`` are the per-element errors averaged over time and over channels respectively.
+
+        Raises ValueError for a wrong shape or non-finite values; RuntimeError before fit/load.
+        """
+        window, channel, step = self._score_normalised(self._normalised(windows))
+        return Scores(window=window, channel=channel, step=step)
+
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        """Latent codes (n, latent_size) of raw windows (the VAE returns the posterior mean)."""
+        x = self._normalised(windows)
+        network = self._require_network()
+        network.eval()
+        with torch.inference_mode():
+            parts = [
+                network.encode(c) for c in torch.from_numpy(x).split(self.config.score_batch_size)
+            ]
+        if not parts:
+            return np.zeros((0, self.config.latent_size), dtype=np.float32)
+        return torch.cat(parts).numpy()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write this model as one version directory; sets ``version`` and returns the path.
+
+        See :mod:`models.artifacts` for the layout. Raises ModelArtifactError if the directory
+        exists and is not empty, RuntimeError before fit.
+        """
+        network = self._require_network()
+        assert self.scaler is not None
+        path, version = write_artifact(
+            directory,
+            kind=self.kind,
+            channels=self.channels,
+            config=self.config.to_dict(),
+            scaler=self.scaler.to_dict(),
+            report=self.report if self.report is not None else TrainReport(),
+            state_dict=network.state_dict(),
+        )
+        self.version = version
+        return path
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> Self:
+        """Rebuild a fitted model from a verified :class:`~models.artifacts.Artifact`."""
+        where = artifact.path
+        try:
+            config = cls.config_class.from_dict(artifact.config)
+            model = cls(artifact.channels, config)
+        except ModelConfigError as exc:
+            raise ModelArtifactError(
+                f"{where / 'config.json'}: incompatible config: {exc}"
+            ) from exc
+        try:
+            scaler = scaler_from_dict(artifact.scaler)
+        except ValueError as exc:
+            raise ModelArtifactError(f"{where / 'scaler.json'}: {exc}") from exc
+        if len(scaler.scale) != len(model.channels):  # type: ignore[arg-type]
+            raise ModelArtifactError(f"{where / 'scaler.json'}: wrong number of channels")
+        network = model._build_network()
+        try:
+            network.load_state_dict(artifact.state_dict, strict=True)
+        except RuntimeError as exc:
+            raise ModelArtifactError(
+                f"{where / 'weights.pt'}: weights do not fit the saved config: {exc}"
+            ) from exc
+        network.eval()
+        model.network, model.scaler = network, scaler
+        model.report, model.version = artifact.report, artifact.version
+        return model
+
+    def __repr__(self) -> str:
+        state = (
+            f"version={self.version!r}"
+            if self.version
+            else ("fitted" if self.fitted else "unfitted")
+        )
+        return f"{type(self).__name__}(channels={self.channels!r}, window={self.window}, {state})"
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _require_network(self) -> Network:
+        if self.network is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or models.load()")
+        return self.network
+
+    def _normalised(self, windows: np.ndarray) -> np.ndarray:
+        """Validate raw windows (n, window, channels) and normalise them to float32."""
+        self._require_network()
+        x = np.asarray(windows, dtype=np.float64)
+        expected = (self.window, len(self.channels))
+        if x.ndim != 3 or x.shape[1:] != expected:
+            raise ValueError(
+                f"expected windows of shape (n, {expected[0]}, {expected[1]}), got {x.shape}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise ValueError("windows contain NaN or inf values")
+        assert self.scaler is not None
+        return self.scaler.transform(x)
+
+    def _runtime_network(self) -> nn.Module:
+        """The module used for scoring: the float network, or its int8 dynamic quantisation."""
+        network = self._require_network()
+        if self._runtime is None:
+            network.eval()
+            mode = self.config.inference
+            if mode == "int8" or (mode == "auto" and self.quantise_by_default):
+                self._runtime = _quantise(network)
+            else:
+                self._runtime = network
+        return self._runtime
+
+    def _score_normalised(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(window (n,), channel (n, C), step (n, T)) errors of normalised windows."""
+        runtime = self._runtime_network()
+        windows, channels, steps = [], [], []
+        with torch.inference_mode():
+            for chunk in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(
+                self.config.score_batch_size
+            ):
+                error = elementwise_error(runtime(chunk), chunk, self.config.loss)  # (n, T, C)
+                windows.append(error.mean(dim=(1, 2)))
+                channels.append(error.mean(dim=1))
+                steps.append(error.mean(dim=2))
+        if not windows:
+            n_ch, n_t = len(self.channels), self.window
+            return np.zeros(0), np.zeros((0, n_ch)), np.zeros((0, n_t))
+        return (
+            torch.cat(windows).double().numpy(),
+            torch.cat(channels).double().numpy(),
+            torch.cat(steps).double().numpy(),
+        )
+
+
+def _quantise(network: Network) -> nn.Module:
+    """int8 dynamic quantisation of the LSTM and Linear layers (weights int8, activations float)."""
+    with warnings.catch_warnings():
+        # Eager-mode quantisation is deprecated in favour of torchao, but works and is measured.
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            network, {nn.LSTM, nn.Linear}, dtype=torch.qint8, inplace=False
+        )

@@ -1,0 +1,83 @@
+"""The torch side of the contract: what every network supplies and how errors are measured.
+
+A variant's network maps normalised windows (batch, time, channels) to a latent code and back.
+Networks output *pre-activation* reconstructions: the identity for MSE/MAE, logits for BCE
+(the sigmoid lives in :func:`activate`), so the BCE loss can use the stable logits form.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["Network", "activate", "elementwise_error", "sparsity_penalty"]
+
+
+class Network(nn.Module):
+    """Base of every variant's network: ``encode``, ``decode`` and a training step.
+
+    ``forward(x)`` is ``decode(encode(x))``: the deterministic reconstruction used for scoring.
+    ``training_step`` may differ (the VAE samples its code and adds a KL term).
+    """
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Latent code (batch, latent) of normalised windows (batch, time, channels)."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Pre-activation reconstruction (batch, time, channels) of codes (batch, latent)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    def training_step(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One training forward pass: (reconstruction, code for sparsity, extra loss term)."""
+        z = self.encode(x)  # (batch, latent)
+        return self.decode(z), z, x.new_zeros(())
+
+
+def activate(output: Tensor, loss: str) -> Tensor:
+    """The output activation matching ``loss``: sigmoid for BCE, identity otherwise."""
+    return torch.sigmoid(output) if loss == "bce" else output
+
+
+def elementwise_error(output: Tensor, target: Tensor, loss: str) -> Tensor:
+    """Per-element error of a pre-activation reconstruction against normalised targets.
+
+    MSE: squared error; MAE: absolute error; BCE: binary cross-entropy of the sigmoid output
+    minus its minimum, the entropy of the target (i.e. the Bernoulli KL divergence). Subtracting
+    the entropy leaves the gradients unchanged and makes a perfect reconstruction score 0
+    whatever the target, so the score ranks anomalies rather than mid-range values. Min-max
+    scaled targets outside the training range are clipped to [0, 1] for the cross-entropy, and
+    the squared distance by which they lie outside is added: no sigmoid output can reach them,
+    and an excursion beyond the training range must still score high (it adds no gradient).
+    Same shape as the inputs; this is both the training loss (mean) and the anomaly score.
+    """
+    if loss == "mse":
+        return (output - target).square()
+    if loss == "mae":
+        return (output - target).abs()
+    if loss == "bce":
+        y = target.clamp(0.0, 1.0)
+        entropy = -(torch.special.xlogy(y, y) + torch.special.xlogy(1 - y, 1 - y))
+        outside = (target - y).square()
+        return F.binary_cross_entropy_with_logits(output, y, reduction="none") - entropy + outside
+    raise ValueError(f"unknown loss {loss!r}")
+
+
+def sparsity_penalty(z: Tensor, kind: str, target: float) -> Tensor:
+    """Sparsity regulariser on codes (batch, latent): mean |z| ("l1") or KL(target || mean act).
+
+    For "kl", a unit's activation is ``sigmoid(z)``, averaged over the batch, and the penalty is
+    the Bernoulli KL divergence to ``target`` summed over units (Ng, "Sparse autoencoder", 2011).
+    """
+    if kind == "l1":
+        return z.abs().mean()
+    if kind == "kl":
+        rho_hat = torch.sigmoid(z).mean(dim=0).clamp(1e-6, 1 - 1e-6)  # (latent,)
+        rho = torch.full_like(rho_hat, target)
+        kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+        return kl.sum()
+    return z.new_zeros(())

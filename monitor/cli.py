@@ -1,0 +1,328 @@
+"""The ``monitor`` command: parse, build settings, wire the parts, start.
+
+Every subcommand accepts ``--config FILE`` (TOML), ``--bootstrap`` and ``--log-level``;
+settings also come from ``MONITOR_*`` environment variables (see ``monitor.settings``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from monitor.errors import MonitorError
+from monitor.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("monitor")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="settings file (TOML)")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (MONITOR_BOOTSTRAP)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _topics(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--readings-topic", help="kafka.readings_topic")
+    parser.add_argument("--events-topic", help="kafka.events_topic")
+    parser.add_argument("--dead-letter-topic", help="kafka.dead_letter_topic")
+    parser.add_argument("--group-id", help="kafka.group_id")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitor",
+        description="Streaming anomaly monitor: Kafka readings -> autoencoder -> anomaly events.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("broker", help="run the embedded development broker (Tansu) until Ctrl-C")
+    p.add_argument("--port", type=int, help="port on 127.0.0.1 (default: a free one)")
+    _common(p)
+
+    p = sub.add_parser("replay", help="replay a CSV stream into the readings topic")
+    p.add_argument("csv", type=Path, help="NAB timestamp,value CSV, or a wide/long channel CSV")
+    p.add_argument("--entity", help="entity id (default: the file name, or the entity column)")
+    p.add_argument("--speed", type=float, help="event-time speed-up factor (default: max speed)")
+    p.add_argument("--create-topics", action="store_true", help="create missing topics first")
+    p.add_argument("--ignore-columns", nargs="*", default=[], help="label columns to skip")
+    _common(p)
+    _topics(p)
+
+    p = sub.add_parser("train", help="train a model on the normal part of a CSV stream")
+    p.add_argument("csv", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="model version directory to write")
+    p.add_argument("--entity", help="entity to train on (needed when the file has several)")
+    p.add_argument("--until", help="train only on rows before this time (ISO-8601)")
+    p.add_argument("--rows", type=int, help="train on at most this many first rows")
+    p.add_argument("--kind", choices=["lstm", "dense", "conv", "vae"], help="model.kind")
+    p.add_argument("--window", type=int, help="model.window (steps)")
+    p.add_argument("--seed", type=int, help="model.seed")
+    p.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyper-parameter, e.g. --param epochs=20 (repeatable)",
+    )
+    p.add_argument("--ignore-columns", nargs="*", default=[])
+    _common(p)
+
+    p = sub.add_parser("run", help="run the daemon: consume, score, publish anomaly events")
+    p.add_argument("--model", type=Path, help="model version directory (model.path)")
+    p.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without readings (for finite replays)",
+    )
+    p.add_argument("--print-events", action="store_true", help="print each published event")
+    _common(p)
+    _topics(p)
+
+    p = sub.add_parser("demo", help="embedded broker + sample stream + daemon, events printed")
+    p.add_argument("--stream", type=Path, help="a labelled CSV (default: a bundled NAB stream)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    _common(p)
+
+    p = sub.add_parser("generate", help="generate labelled multi-sensor machine streams")
+    p.add_argument("--entities", type=int, default=4, help="machines")
+    p.add_argument("--steps", type=int, default=3000, help="readings per machine")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--anomalies", type=int, default=3, help="injected anomalies per machine")
+    p.add_argument("--normal-prefix", type=float, default=0.5, help="anomaly-free share")
+    p.add_argument("--out", type=Path, default=Path("sample_streams"))
+    p.add_argument("--name", default="machines")
+    _common(p)
+
+    p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
+    _common(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    kafka = {
+        "readings_topic": getattr(args, "readings_topic", None),
+        "events_topic": getattr(args, "events_topic", None),
+        "dead_letter_topic": getattr(args, "dead_letter_topic", None),
+        "group_id": getattr(args, "group_id", None),
+    }
+    model: dict[str, Any] = {
+        "path": getattr(args, "model", None),
+        "kind": getattr(args, "kind", None),
+        "window": getattr(args, "window", None),
+        "seed": getattr(args, "seed", None),
+    }
+    params = dict(getattr(args, "param", None) or [])
+    if params:
+        model["hyperparameters"] = params
+    return load_settings(
+        args.config,
+        bootstrap=args.bootstrap,
+        log_level=args.log_level,
+        kafka=kafka,
+        model=model,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(
+            level=settings.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        return int(COMMANDS[args.command](args, settings) or 0)
+    except MonitorError as exc:
+        print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_broker(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    stop = {"now": False}
+
+    def handle(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    print(broker.bootstrap, flush=True)
+    print(
+        f"embedded broker (pid {broker.pid}) on {broker.bootstrap}; Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+        print("embedded broker stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.kafka import ensure_topics
+    from monitor.replay import replay
+    from monitor.streams import load_stream
+
+    stream = load_stream(args.csv, entity=args.entity, ignore_columns=args.ignore_columns)
+    if args.create_topics:
+        ensure_topics(settings)
+    sent = replay(
+        stream.readings(),
+        settings,
+        speed=args.speed,
+        progress=sys.stderr.isatty(),
+        total=len(stream),
+    )
+    print(
+        f"replayed {sent} readings of {len(stream.entities)} entities to "
+        f"{settings.kafka.readings_topic}"
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.streams import load_stream
+    from monitor.training import train_from_stream
+
+    stream = load_stream(args.csv, entity=args.entity, ignore_columns=args.ignore_columns)
+    trained = train_from_stream(
+        stream,
+        args.out,
+        settings.model,
+        entity=args.entity,
+        until=args.until,
+        rows=args.rows,
+        progress=sys.stderr.isatty(),
+    )
+    report = trained.model.report
+    val = report.summary()["validation_error"] if report else {}
+    print(
+        f"trained {trained.model.kind} model {trained.model.version} on {trained.rows} rows "
+        f"-> {trained.path} (validation error mean {val.get('mean')})"
+    )
+    return 0
+
+
+def build_detector(settings: Settings) -> Any:
+    """Load the configured model and build the Detector around it."""
+    import models
+    from monitor.errors import ConfigError
+    from monitor.pipeline import Detector, DetectorConfig
+
+    if settings.model.path is None:
+        raise ConfigError("model.path is not set: pass --model DIR or set MONITOR_MODEL__PATH")
+    model = models.load(settings.model.path)
+    d = settings.detector
+    config = DetectorConfig.from_dicts(
+        window=d.window,
+        threshold=d.threshold,
+        episodes=d.episodes,
+        max_batch_windows=d.max_batch_windows,
+    )
+    return Detector(model, config)
+
+
+def print_event(event: dict[str, Any]) -> None:
+    d = event["data"]
+    top = max(d["contributions"].items(), key=lambda kv: kv[1])[0] if d["contributions"] else "-"
+    print(
+        f"  [{d['kind']:>7}] {d['entity']}  window {d['window_start']} .. {d['window_end']}  "
+        f"score {d['score']:.4g} / threshold {d['threshold']:.4g}  {d['severity']}  "
+        f"top channel {top}  model {d['model_version']}  id {event['id'][:12]}",
+        flush=True,
+    )
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.daemon import Daemon
+    from monitor.kafka import ensure_topics
+
+    detector = build_detector(settings)
+    ensure_topics(settings)
+    daemon = Daemon(
+        settings,
+        detector,
+        on_event=print_event if args.print_events else None,
+        idle_stop_s=args.until_idle,
+    )
+    daemon.install_signal_handlers()
+    stats = daemon.run()
+    print(stats.summary(), flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from monitor.demo import run_demo
+
+    run_demo(
+        settings,
+        stream_path=args.stream,
+        workdir=args.workdir,
+        external_bootstrap=os.environ.get("MONITOR_BOOTSTRAP") or args.bootstrap,
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.generator import generate_fleet, write_dataset
+
+    frame, labels = generate_fleet(
+        args.entities,
+        args.steps,
+        args.seed,
+        anomalies_per_entity=args.anomalies,
+        normal_prefix=args.normal_prefix,
+    )
+    for path in write_dataset(frame, labels, args.out, args.name):
+        print(path)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+COMMANDS = {
+    "broker": cmd_broker,
+    "replay": cmd_replay,
+    "train": cmd_train,
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "generate": cmd_generate,
+    "config": cmd_config,
+}
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,418 @@
+"""Alarm episodes: a per-entity state machine turning window decisions into anomaly events.
+
+Each entity is either *closed* or has one *open* episode (so episodes never overlap per entity):
+
+- closed -> open: at least ``open_after`` of the entity's last ``open_within`` windows are
+  anomalous, and no cooldown is running. Emits OPENED. The episode starts at the start of the
+  earliest anomalous window among those.
+- open: every anomalous window resets the quiet count and may raise the peak. When the peak has
+  risen since the last event and at least ``update_every`` windows have passed since it, emits
+  UPDATED (rate-limited: at most one every ``update_every`` windows).
+- open -> closed: after ``close_after_quiet`` consecutive normal windows. Emits CLOSED, starts a
+  cooldown of ``cooldown`` windows during which no episode can open, and forgets the window
+  history (the windows of the old problem cannot open a new episode).
+
+A window whose threshold is None (warming up) counts as normal.
+
+Attribution and severity, in every event: ``contributions`` maps each channel to its share of the
+error of the episode's peak window (the window with the highest score so far; shares sum to 1),
+``top_steps`` are the indexes (0 = the window's first step) of that window's ``top_steps`` largest
+step errors, largest first; ``severity`` comes from the episode's highest ratio score/threshold.
+The ``score``, ``threshold``, ``window_start``/``window_end`` and ``model_version`` are the
+decision's that caused the event (for CLOSED, the quiet window that closed it).
+
+State per entity is O(open_within + channels + top_steps); an entity with nothing pending (closed,
+no cooldown, no anomalous window in its history) holds no state at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, WindowDecision
+
+__all__ = ["EpisodeConfig", "Episodes", "severity_of"]
+
+_SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """When episodes open, update and close; counts are in windows.
+
+    Defaults suit a stride-1, length-64 stream, where one anomalous reading makes up to 64
+    consecutive windows anomalous:
+
+    - ``open_after=3`` of ``open_within=5``: a lone anomalous window (at a threshold's risk of
+      ~1e-4) does not alarm, but a real problem alarms within 3-5 windows.
+    - ``close_after_quiet=64``: one window length of normal windows means no window still
+      contains the problem; anything anomalous sooner belongs to the same episode.
+    - ``cooldown=64``: another window length before re-alarming, so a problem that flickers
+      around the threshold gives one episode, not a series.
+    - ``update_every=16``: at most one UPDATED event every 16 windows (a quarter window) while
+      the peak keeps rising, enough to follow an escalation without flooding the topic.
+    - ``top_channels=0``, ``top_steps=5``: how many channels the events' contributions list,
+      largest share first (0 = all, so the shares sum to 1; with N > 0 only the N largest shares
+      of the total are kept and sum to at most 1), and how many step indexes ``top_steps`` lists.
+    - ``severity_ratios=(1.5, 2.0, 4.0)``: score/threshold at or above which severity is
+      MEDIUM, HIGH, CRITICAL (below the first: LOW).
+
+    Raises:
+        ValueError: a field is out of range; the message names it.
+    """
+
+    open_after: int = 3
+    open_within: int = 5
+    close_after_quiet: int = 64
+    cooldown: int = 64
+    update_every: int = 16
+    top_channels: int = 0
+    top_steps: int = 5
+    severity_ratios: tuple[float, float, float] = (1.5, 2.0, 4.0)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "open_after",
+            "open_within",
+            "close_after_quiet",
+            "cooldown",
+            "update_every",
+            "top_channels",
+            "top_steps",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"EpisodeConfig.{name} must be an int, got {value!r}")
+        if self.open_after < 1:
+            raise ValueError(f"EpisodeConfig.open_after must be >= 1, got {self.open_after}")
+        if self.open_within < self.open_after:
+            raise ValueError(
+                f"EpisodeConfig.open_within must be >= open_after ({self.open_after}), "
+                f"got {self.open_within}"
+            )
+        if self.close_after_quiet < 1:
+            raise ValueError(
+                f"EpisodeConfig.close_after_quiet must be >= 1, got {self.close_after_quiet}"
+            )
+        for name in ("cooldown", "top_channels", "top_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EpisodeConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.update_every < 1:
+            raise ValueError(f"EpisodeConfig.update_every must be >= 1, got {self.update_every}")
+        ratios = tuple(self.severity_ratios)
+        if (
+            len(ratios) != 3
+            or any(not isinstance(r, int | float) or not math.isfinite(r) for r in ratios)
+            or not (1.0 <= ratios[0] <= ratios[1] <= ratios[2])
+        ):
+            raise ValueError(
+                "EpisodeConfig.severity_ratios must be three finite ratios "
+                f"1 <= medium <= high <= critical, got {self.severity_ratios!r}"
+            )
+        object.__setattr__(self, "severity_ratios", tuple(float(r) for r in ratios))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict (inverse of :meth:`from_dict`)."""
+        data = asdict(self)
+        data["severity_ratios"] = list(self.severity_ratios)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpisodeConfig:
+        """Build a config from a dict; an unknown key is a ValueError naming it."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"EpisodeConfig: unknown key(s) {unknown}; expected {sorted(known)}")
+        kwargs = dict(data)
+        if "severity_ratios" in kwargs:
+            kwargs["severity_ratios"] = tuple(kwargs["severity_ratios"])
+        return cls(**kwargs)
+
+
+def severity_of(ratio: float, ratios: tuple[float, float, float] = (1.5, 2.0, 4.0)) -> Severity:
+    """Severity of a score that is ``ratio`` times its threshold.
+
+    >>> severity_of(1.2), severity_of(1.5), severity_of(3.0), severity_of(10.0)
+    (<Severity.LOW: 'low'>, <Severity.MEDIUM: 'medium'>, <Severity.HIGH: 'high'>, \
+<Severity.CRITICAL: 'critical'>)
+    """
+    if ratio >= ratios[2]:
+        return Severity.CRITICAL
+    if ratio >= ratios[1]:
+        return Severity.HIGH
+    if ratio >= ratios[0]:
+        return Severity.MEDIUM
+    return Severity.LOW
+
+
+def _ratio(score: float, threshold: float) -> float:
+    if threshold > 0:
+        return score / threshold
+    return math.inf if score > threshold else 1.0
+
+
+@dataclass
+class _Mark:
+    """What an episode keeps of one anomalous window."""
+
+    start: datetime
+    score: float
+    ratio: float
+    contributions: dict[str, float]
+    top_steps: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "score": self.score,
+            "ratio": _float_out(self.ratio),
+            "contributions": dict(self.contributions),
+            "top_steps": list(self.top_steps),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Mark:
+        return cls(
+            start=datetime.fromisoformat(data["start"]),
+            score=float(data["score"]),
+            ratio=_float_in(data["ratio"]),
+            contributions={str(c): float(v) for c, v in data["contributions"].items()},
+            top_steps=tuple(int(i) for i in data["top_steps"]),
+        )
+
+
+def _float_out(x: float) -> float | str:
+    return x if math.isfinite(x) else repr(x)
+
+
+def _float_in(x: float | str) -> float:
+    return float(x)
+
+
+@dataclass
+class _EntityEpisodes:
+    recent: deque[_Mark | None] = field(default_factory=deque)  # None = a normal window
+    cooldown_left: int = 0
+    open: bool = False
+    episode_start: datetime | None = None
+    peak: _Mark | None = None
+    peak_ratio: float = 0.0
+    quiet: int = 0
+    since_event: int = 0
+    risen: bool = False  # the peak rose since the last event
+    last_threshold: float | None = None
+
+    def idle(self) -> bool:
+        return (
+            not self.open and self.cooldown_left == 0 and all(mark is None for mark in self.recent)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recent": [None if m is None else m.to_dict() for m in self.recent],
+            "cooldown_left": self.cooldown_left,
+            "open": self.open,
+            "episode_start": None if self.episode_start is None else self.episode_start.isoformat(),
+            "peak": None if self.peak is None else self.peak.to_dict(),
+            "peak_ratio": _float_out(self.peak_ratio),
+            "quiet": self.quiet,
+            "since_event": self.since_event,
+            "risen": self.risen,
+            "last_threshold": self.last_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], open_within: int) -> _EntityEpisodes:
+        start = data["episode_start"]
+        threshold = data["last_threshold"]
+        return cls(
+            recent=deque(
+                (None if m is None else _Mark.from_dict(m) for m in data["recent"]),
+                maxlen=open_within,
+            ),
+            cooldown_left=int(data["cooldown_left"]),
+            open=bool(data["open"]),
+            episode_start=None if start is None else datetime.fromisoformat(start),
+            peak=None if data["peak"] is None else _Mark.from_dict(data["peak"]),
+            peak_ratio=_float_in(data["peak_ratio"]),
+            quiet=int(data["quiet"]),
+            since_event=int(data["since_event"]),
+            risen=bool(data["risen"]),
+            last_threshold=None if threshold is None else float(threshold),
+        )
+
+
+class Episodes:
+    """Alarm episodes of all entities (see the module docstring for the state machine).
+
+    ``learn_one`` takes each entity's decisions in window order; entities are independent.
+    ``snapshot``/``from_snapshot`` restore the exact state: a restored instance emits exactly
+    the events an uninterrupted one would have.
+    """
+
+    def __init__(self, config: EpisodeConfig) -> None:
+        self.config = config
+        self._entities: dict[str, _EntityEpisodes] = {}
+
+    def is_open(self, entity: str) -> bool:
+        """Whether the entity has an open episode."""
+        state = self._entities.get(entity)
+        return state is not None and state.open
+
+    def open_entities(self) -> list[str]:
+        """The entities with an open episode."""
+        return [name for name, state in self._entities.items() if state.open]
+
+    def learn_one(self, decision: WindowDecision) -> list[AnomalyEvent]:
+        """Advance the decision's entity by one window; return the events it caused (0 or 1)."""
+        config = self.config
+        entity = decision.window.entity
+        state = self._entities.get(entity)
+        if state is None:
+            state = _EntityEpisodes(recent=deque(maxlen=config.open_within))
+            self._entities[entity] = state
+        threshold = decision.threshold
+        anomalous = bool(decision.anomalous) and threshold is not None
+        if threshold is not None:
+            state.last_threshold = float(threshold)
+        mark = self._mark(decision) if anomalous else None
+        events: list[AnomalyEvent] = []
+
+        if not state.open:
+            state.recent.append(mark)
+            if state.cooldown_left > 0:
+                state.cooldown_left -= 1
+            elif anomalous and sum(m is not None for m in state.recent) >= config.open_after:
+                marks = [m for m in state.recent if m is not None]
+                peak = max(marks, key=lambda m: m.score)  # first of equal scores
+                state.open = True
+                state.episode_start = marks[0].start
+                state.peak = peak
+                state.peak_ratio = max(m.ratio for m in marks)
+                state.quiet = 0
+                state.since_event = 0
+                state.risen = False
+                state.recent.clear()
+                events.append(self._event(EpisodeEventKind.OPENED, decision, state))
+        else:
+            state.since_event += 1
+            if mark is not None:
+                state.quiet = 0
+                assert state.peak is not None
+                if mark.score > state.peak.score:
+                    state.peak = mark
+                    state.risen = True
+                if mark.ratio > state.peak_ratio:
+                    state.peak_ratio = mark.ratio
+                    state.risen = True
+                if state.risen and state.since_event >= config.update_every:
+                    events.append(self._event(EpisodeEventKind.UPDATED, decision, state))
+                    state.since_event = 0
+                    state.risen = False
+            else:
+                state.quiet += 1
+                if state.quiet >= config.close_after_quiet:
+                    events.append(self._event(EpisodeEventKind.CLOSED, decision, state))
+                    state.open = False
+                    state.episode_start = None
+                    state.peak = None
+                    state.peak_ratio = 0.0
+                    state.quiet = 0
+                    state.since_event = 0
+                    state.risen = False
+                    state.recent.clear()
+                    state.cooldown_left = config.cooldown
+
+        if state.idle():
+            # Nothing pending: a fresh state behaves the same, so keep no memory of the entity.
+            del self._entities[entity]
+        return events
+
+    def _mark(self, decision: WindowDecision) -> _Mark:
+        assert decision.threshold is not None
+        score = float(decision.score)
+        return _Mark(
+            start=decision.window.start,
+            score=score,
+            ratio=_ratio(score, float(decision.threshold)),
+            contributions=self._contributions(decision),
+            top_steps=self._top_steps(decision),
+        )
+
+    def _contributions(self, decision: WindowDecision) -> dict[str, float]:
+        channels = decision.window.channels
+        errors = np.abs(np.asarray(decision.channel_errors, dtype=np.float64)).ravel()
+        if errors.shape != (len(channels),) or not np.all(np.isfinite(errors)):
+            errors = np.ones(len(channels))
+        total = float(errors.sum())
+        shares = errors / total if total > 0 else np.full(len(channels), 1.0 / len(channels))
+        order = sorted(range(len(channels)), key=lambda i: (-shares[i], i))
+        keep = self.config.top_channels or len(channels)
+        return {channels[i]: float(shares[i]) for i in order[:keep]}
+
+    def _top_steps(self, decision: WindowDecision) -> tuple[int, ...]:
+        errors = np.asarray(decision.step_errors, dtype=np.float64).ravel()
+        if errors.size == 0 or self.config.top_steps == 0:
+            return ()
+        errors = np.where(np.isfinite(errors), errors, -np.inf)
+        order = np.argsort(-errors, kind="stable")
+        return tuple(int(i) for i in order[: self.config.top_steps])
+
+    def _event(
+        self, kind: EpisodeEventKind, decision: WindowDecision, state: _EntityEpisodes
+    ) -> AnomalyEvent:
+        assert state.peak is not None and state.episode_start is not None
+        threshold = decision.threshold if decision.threshold is not None else state.last_threshold
+        return AnomalyEvent(
+            kind=kind,
+            entity=decision.window.entity,
+            episode_start=state.episode_start,
+            window_start=decision.window.start,
+            window_end=decision.window.end,
+            score=float(decision.score),
+            peak_score=state.peak.score,
+            threshold=float(threshold) if threshold is not None else math.nan,
+            severity=severity_of(state.peak_ratio, self.config.severity_ratios),
+            model_version=decision.model_version,
+            contributions=dict(state.peak.contributions),
+            top_steps=state.peak.top_steps,
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The full state as a JSON-serialisable dict."""
+        return {
+            "version": _SNAPSHOT_VERSION,
+            "config": self.config.to_dict(),
+            "entities": {name: state.to_dict() for name, state in self._entities.items()},
+        }
+
+    @classmethod
+    def from_snapshot(cls, config: EpisodeConfig, snapshot: Mapping[str, Any]) -> Episodes:
+        """Rebuild from :meth:`snapshot` output, with the same config.
+
+        Raises:
+            ValueError: the snapshot is of another version or was taken with another config.
+        """
+        if snapshot.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(
+                f"episodes snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
+            )
+        if EpisodeConfig.from_dict(snapshot["config"]) != config:
+            raise ValueError(
+                f"episodes snapshot was taken with another config: {snapshot['config']}, "
+                f"not {config.to_dict()}"
+            )
+        episodes = cls(config)
+        episodes._entities = {
+            name: _EntityEpisodes.from_dict(data, config.open_within)
+            for name, data in snapshot["entities"].items()
+        }
+        return episodes

@@ -1,0 +1,200 @@
+"""The Detector: readings -> windows -> scores -> decisions -> episode events. No I/O.
+
+The daemon, the replay evaluation and the tests all run this same object; only what feeds it
+and what is done with its output differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import numpy as np
+
+from models.base import Autoencoder
+from monitor.episodes import EpisodeConfig, Episodes
+from monitor.errors import ConfigError
+from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
+from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
+from monitor.windowing import Admission, WindowConfig, Windower
+
+__all__ = ["Detector", "DetectorConfig", "DetectorOutput"]
+
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """The streaming core's settings. ``window.length`` and ``window.channels`` must match the
+    model; :meth:`for_model` fills them in from it."""
+
+    window: WindowConfig = field(default_factory=WindowConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    max_batch_windows: int = 4096
+
+    @classmethod
+    def from_dicts(
+        cls,
+        *,
+        window: Mapping[str, Any] | None = None,
+        threshold: Mapping[str, Any] | None = None,
+        episodes: Mapping[str, Any] | None = None,
+        max_batch_windows: int = 4096,
+    ) -> DetectorConfig:
+        """Build from plain settings, turning a bad key or value into a ConfigError naming it."""
+        return cls(
+            window=_build(WindowConfig, "detector.window", window),
+            threshold=_build(ThresholdConfig, "detector.threshold", threshold),
+            episodes=_build(EpisodeConfig, "detector.episodes", episodes),
+            max_batch_windows=max_batch_windows,
+        )
+
+    def for_model(self, model: Autoencoder) -> DetectorConfig:
+        """This config with the window length and channels the model was trained with."""
+        if self.window.channels not in (None, model.channels):
+            raise ConfigError(
+                f"detector.window.channels={list(self.window.channels or ())} differs from the "
+                f"model's channels {list(model.channels)}"
+            )
+        window = replace(self.window, length=model.window, channels=model.channels)
+        return replace(self, window=window)
+
+
+def _build(cls: type, prefix: str, values: Mapping[str, Any] | None) -> Any:
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {prefix}.{unknown[0]}; known keys: {', '.join(sorted(known))}"
+        )
+    if "channels" in values and values["channels"] is not None:
+        values["channels"] = tuple(values["channels"])
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {prefix}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class DetectorOutput:
+    """What one call to :meth:`Detector.process` decided.
+
+    ``rejected`` holds (index into the input readings, reason code) for readings that the
+    windows refused (late beyond grace, wrong channel set); duplicates are reported with reason
+    ``duplicate`` too, so that every reading is either accepted or accounted for.
+    """
+
+    events: list[AnomalyEvent] = field(default_factory=list)
+    decisions: list[WindowDecision] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    accepted: int = 0
+
+    @property
+    def windows_scored(self) -> int:
+        return len(self.decisions)
+
+
+class Detector:
+    """Turns readings into anomaly events with one model, per-entity thresholds and episodes.
+
+    Each entity's threshold is warm-started from the model's validation scores when the entity
+    is first seen, and then learns only from windows judged normal outside an episode, so that
+    an ongoing anomaly does not teach the threshold to accept it.
+
+    Windows of all entities that a batch of readings completes are scored in one model call.
+    """
+
+    def __init__(self, model: Autoencoder, config: DetectorConfig | None = None) -> None:
+        self.model = model
+        self.config = (config or DetectorConfig()).for_model(model)
+        self.windower = Windower(self.config.window)
+        self.episodes = Episodes(self.config.episodes)
+        self.thresholds: dict[str, Threshold] = {}
+        self._warm_scores = (
+            np.asarray(model.report.validation_scores, dtype=float)
+            if model.report is not None
+            else np.zeros(0)
+        )
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    def process(self, readings: Sequence[Reading]) -> DetectorOutput:
+        """Feed readings in arrival order; return the events, decisions and refusals."""
+        out = DetectorOutput()
+        pending: list[Window] = []
+        for index, reading in enumerate(readings):
+            result = self.windower.learn_one(reading)
+            if result.admission is Admission.ACCEPTED:
+                out.accepted += 1
+                pending.extend(result.windows)
+            else:
+                out.rejected.append((index, result.admission.value))
+            if len(pending) >= self.config.max_batch_windows:
+                self._score(pending, out)
+                pending = []
+        if pending:
+            self._score(pending, out)
+        return out
+
+    def _score(self, windows: list[Window], out: DetectorOutput) -> None:
+        batch = np.stack([w.values for w in windows]).astype(np.float32)  # (n, time, channels)
+        scores = self.model.score(batch)
+        # Windows are judged in the order they were completed: per entity, that is time order,
+        # which the thresholds and episodes rely on.
+        for i, window in enumerate(windows):
+            threshold = self._threshold_for(window.entity)
+            score = float(scores.window[i])
+            anomalous = threshold.classify(score)
+            decision = WindowDecision(
+                window=window,
+                model_version=self.model.version,
+                score=score,
+                threshold=threshold.value,
+                anomalous=anomalous,
+                channel_errors=scores.channel[i],
+                step_errors=scores.step[i],
+            )
+            if not anomalous and not self.episodes.is_open(window.entity):
+                threshold.learn_one(score)
+            out.decisions.append(decision)
+            out.events.extend(self.episodes.learn_one(decision))
+
+    def _threshold_for(self, entity: str) -> Threshold:
+        threshold = self.thresholds.get(entity)
+        if threshold is None:
+            threshold = make_threshold(self.config.threshold)
+            if self._warm_scores.size:
+                threshold.warm_start(self._warm_scores)
+            self.thresholds[entity] = threshold
+        return threshold
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state of windows, thresholds and episodes (not the model)."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "model_version": self.model.version,
+            "windower": self.windower.snapshot(),
+            "thresholds": {e: t.snapshot() for e, t in self.thresholds.items()},
+            "episodes": self.episodes.snapshot(),
+        }
+
+    @classmethod
+    def from_snapshot(
+        cls, model: Autoencoder, config: DetectorConfig | None, snapshot: Mapping[str, Any]
+    ) -> Detector:
+        """A detector that continues exactly where the snapshotted one stopped."""
+        if snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
+        detector = cls(model, config)
+        detector.windower = Windower.from_snapshot(detector.config.window, snapshot["windower"])
+        detector.episodes = Episodes.from_snapshot(detector.config.episodes, snapshot["episodes"])
+        detector.thresholds = {
+            entity: threshold_from_snapshot(detector.config.threshold, state)
+            for entity, state in snapshot["thresholds"].items()
+        }
+        return detector

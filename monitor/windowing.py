@@ -1,0 +1,591 @@
+"""Per-entity event-time windows: readings in, full fixed-length windows out.
+
+Each entity's readings are resampled onto a regular grid of *steps* and cut into windows of
+``length`` steps, one every ``stride`` steps. Everything is in event time (the readings'
+timestamps), so the windows do not depend on arrival order as long as readings arrive within
+the grace period.
+
+The grid
+    Step ``k`` of an entity is the half-open interval ``(g(k-1), g(k)]`` with
+    ``g(k) = anchor + k * interval``; the step is labelled by its end ``g(k)`` (pandas:
+    ``resample(interval, closed="right", label="right", origin=anchor)``). The anchor is the
+    entity's first reading, so a stream whose timestamps sit on its own schedule puts exactly one
+    reading in each step and a window is emitted the moment its last reading arrives. The value
+    of a channel at a step is the mean of the readings of that channel inside the step (a faster
+    sensor is averaged down to the interval). ``interval_s=None`` infers the interval per entity
+    from its first readings (the median gap between its first four distinct timestamps, whose
+    earliest is then the anchor).
+
+Gaps and missing channels
+    A channel missing for up to ``max_fill_steps`` consecutive steps is filled by linear
+    interpolation between its neighbouring values (per channel, so a multi-channel entity whose
+    channels arrive as separate readings is aligned by timestamp and a channel missing at one step
+    is filled on its own). A longer run of missing values, in any channel, is an outage: no window
+    contains any of its steps, and the entity's next window starts after it, full ``length`` steps
+    later. A channel that never arrives therefore produces no windows; the missing-channel policy is
+    explicit, never a silent zero or forward fill.
+
+Order, lateness and duplicates
+    The entity's watermark is ``newest timestamp - grace_s``. Step ``k`` closes once
+    ``g(k) <= watermark``; a window is emitted only when all its steps are closed (no in-grace
+    reading can still change it), so with ``grace_s=0`` a window is emitted by the reading that
+    completes it. A reading whose step is already closed is ``LATE`` and dropped (the caller
+    counts and dead-letters it). A reading equal to one already seen (same timestamp, same
+    channel values) is a ``DUPLICATE`` and ignored; one that gives another value to a
+    (timestamp, channel) already seen is a ``CONFLICT`` and dropped (first value wins). Readings
+    with channels other than the entity's are ``WRONG_CHANNELS``; non-finite values or a naive
+    timestamp are ``INVALID``.
+
+Memory per entity is bounded: at most ``length + max_fill_steps + 1`` resampled steps, the open
+steps within the grace period, and the last 64 readings' keys for duplicate detection.
+
+Example:
+    >>> from datetime import datetime, timedelta, timezone
+    >>> from monitor.records import Reading
+    >>> windower = Windower(WindowConfig(length=3, stride=1, interval_s=1.0))
+    >>> t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> outs = [windower.learn_one(Reading("pump-1", t0 + timedelta(seconds=i), {"value": i}))
+    ...         for i in range(4)]
+    >>> [len(out.windows) for out in outs]
+    [0, 0, 1, 1]
+    >>> outs[3].windows[0].values[:, 0].tolist()
+    [1.0, 2.0, 3.0]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from monitor.records import Reading, Window
+
+__all__ = [
+    "Admission",
+    "WindowConfig",
+    "Windower",
+    "WindowerOutput",
+]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# Four distinct timestamps give three gaps: their median survives one missing reading.
+_INFER_TIMESTAMPS = 4
+# Bound on readings held while the interval is being inferred (e.g. many channels per timestamp).
+_MAX_INFER_READINGS = 256
+# Keys of this many recent readings are kept to recognise re-delivered duplicates whose step has
+# already closed (Kafka redelivers after a restart); older re-deliveries are reported LATE.
+_RECENT_READINGS = 64
+_SNAPSHOT_VERSION = 1
+
+
+def _to_us(timestamp: datetime) -> int:
+    return (timestamp - _EPOCH) // _US
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """How an entity's readings are cut into windows.
+
+    Parameters:
+        length: steps per window, the model's window length (>= 1).
+        stride: steps between the ends of consecutive windows (the hop, >= 1), counted from the
+            first window after each outage.
+        interval_s: the grid's step in seconds; ``None`` infers it per entity from the median
+            gap of its first four distinct timestamps.
+        max_fill_steps: a channel missing for up to this many consecutive steps is linearly
+            interpolated; a longer run is an outage that no window spans.
+        grace_s: out-of-order readings are accepted while their step is open, i.e. up to
+            ``grace_s`` seconds behind the entity's newest reading; windows wait that long.
+        channels: the expected channels, in the order of ``Window.values`` columns; ``None``
+            lets each entity's first reading fix them (sorted by name).
+
+    Raises:
+        ValueError: a field is out of range; the message names it.
+
+    Use :meth:`from_durations` to give the window and stride in seconds instead of steps.
+    """
+
+    length: int = 64
+    stride: int = 1
+    interval_s: float | None = None
+    max_fill_steps: int = 3
+    grace_s: float = 0.0
+    channels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("length", "stride", "max_fill_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"WindowConfig.{name} must be an int, got {value!r}")
+        if self.length < 1:
+            raise ValueError(f"WindowConfig.length must be >= 1, got {self.length}")
+        if self.stride < 1:
+            raise ValueError(f"WindowConfig.stride must be >= 1, got {self.stride}")
+        if self.max_fill_steps < 0:
+            raise ValueError(f"WindowConfig.max_fill_steps must be >= 0, got {self.max_fill_steps}")
+        if self.interval_s is not None:
+            if not isinstance(self.interval_s, int | float) or isinstance(self.interval_s, bool):
+                raise ValueError(
+                    f"WindowConfig.interval_s must be a number or None, got {self.interval_s!r}"
+                )
+            if not math.isfinite(self.interval_s) or self.interval_s < 1e-6:
+                raise ValueError(
+                    "WindowConfig.interval_s must be a finite number of seconds >= 1e-6 "
+                    f"(one microsecond), got {self.interval_s!r}"
+                )
+        if (
+            not isinstance(self.grace_s, int | float)
+            or isinstance(self.grace_s, bool)
+            or not math.isfinite(self.grace_s)
+            or self.grace_s < 0
+        ):
+            raise ValueError(
+                "WindowConfig.grace_s must be a finite number of seconds >= 0, "
+                f"got {self.grace_s!r}"
+            )
+        if self.channels is not None:
+            channels = tuple(self.channels)
+            if not channels:
+                raise ValueError("WindowConfig.channels must be None or a non-empty tuple")
+            if any(not isinstance(c, str) or not c for c in channels):
+                raise ValueError(
+                    f"WindowConfig.channels must hold non-empty strings, got {channels!r}"
+                )
+            if len(set(channels)) != len(channels):
+                raise ValueError(f"WindowConfig.channels has duplicate names: {channels!r}")
+            object.__setattr__(self, "channels", channels)
+
+    @classmethod
+    def from_durations(
+        cls,
+        window_s: float,
+        stride_s: float,
+        interval_s: float,
+        *,
+        max_fill_s: float = 0.0,
+        grace_s: float = 0.0,
+        channels: tuple[str, ...] | None = None,
+    ) -> WindowConfig:
+        """A config whose window, stride and fill limit are given in seconds.
+
+        ``window_s`` and ``stride_s`` must be whole multiples of ``interval_s``; ``max_fill_s``
+        is rounded down to whole steps.
+
+        Raises:
+            ValueError: a duration is not a positive multiple of the interval.
+        """
+        if not (isinstance(interval_s, int | float) and interval_s > 0):
+            raise ValueError(f"interval_s must be > 0 seconds, got {interval_s!r}")
+
+        def steps(name: str, seconds: float) -> int:
+            count = round(seconds / interval_s)
+            if count < 1 or not math.isclose(count * interval_s, seconds, rel_tol=1e-9):
+                raise ValueError(
+                    f"{name}={seconds!r} must be a positive whole multiple of "
+                    f"interval_s={interval_s!r}"
+                )
+            return count
+
+        return cls(
+            length=steps("window_s", window_s),
+            stride=steps("stride_s", stride_s),
+            interval_s=interval_s,
+            max_fill_steps=int(max_fill_s // interval_s),
+            grace_s=grace_s,
+            channels=channels,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-serialisable dict (inverse of :meth:`from_dict`)."""
+        data = asdict(self)
+        data["channels"] = None if self.channels is None else list(self.channels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowConfig:
+        """Build a config from a dict; an unknown key is a ValueError naming it."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"WindowConfig: unknown key(s) {unknown}; expected {sorted(known)}")
+        kwargs = dict(data)
+        if kwargs.get("channels") is not None:
+            kwargs["channels"] = tuple(kwargs["channels"])
+        return cls(**kwargs)
+
+
+class Admission(StrEnum):
+    """What the windower did with a reading. Anything but ACCEPTED means it was dropped."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    WRONG_CHANNELS = "wrong_channels"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class WindowerOutput:
+    """The verdict on one reading and the windows it completed (0..n, in time order)."""
+
+    admission: Admission
+    windows: list[Window] = field(default_factory=list)
+
+
+class _Entity:
+    """One entity's grid, open steps and resampled rows. Internal to :class:`Windower`."""
+
+    def __init__(self, channels: tuple[str, ...] | None) -> None:
+        self.channels = channels
+        self.interval_us: int | None = None
+        self.anchor_us: int | None = None
+        self.newest_us: int | None = None
+        # Readings held until the interval is inferred: (timestamp_us, {channel: value}).
+        self.pending: list[tuple[int, dict[str, float]]] = []
+        # Open steps: step -> channel -> timestamp_us -> value.
+        self.open: dict[int, dict[str, dict[int, float]]] = {}
+        self.closed_k: int | None = None  # every step <= closed_k is closed
+        # Resampled rows of consecutive steps rows_k0, rows_k0 + 1, ...; None = not (yet) known.
+        self.rows: deque[list[float | None]] = deque()
+        self.rows_k0 = 0
+        self.last_obs: dict[str, tuple[int, float]] = {}  # channel -> (step, value)
+        self.seg_start: int | None = None  # first step of the current gap-free segment
+        self.scan_k: int | None = None  # steps seg_start..scan_k are complete and were checked
+        self.recent: deque[tuple[int, tuple[tuple[str, float], ...]]] = deque()
+        self.recent_set: set[tuple[int, tuple[tuple[str, float], ...]]] = set()
+
+    def remember(self, key: tuple[int, tuple[tuple[str, float], ...]]) -> None:
+        self.recent.append(key)
+        self.recent_set.add(key)
+        if len(self.recent) > _RECENT_READINGS:
+            self.recent_set.discard(self.recent.popleft())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channels": None if self.channels is None else list(self.channels),
+            "interval_us": self.interval_us,
+            "anchor_us": self.anchor_us,
+            "newest_us": self.newest_us,
+            "pending": [[ts, dict(values)] for ts, values in self.pending],
+            "open": [
+                [k, {c: [[ts, v] for ts, v in sorted(obs.items())] for c, obs in chans.items()}]
+                for k, chans in sorted(self.open.items())
+            ],
+            "closed_k": self.closed_k,
+            "rows": [list(row) for row in self.rows],
+            "rows_k0": self.rows_k0,
+            "last_obs": {c: [k, v] for c, (k, v) in self.last_obs.items()},
+            "seg_start": self.seg_start,
+            "scan_k": self.scan_k,
+            "recent": [[ts, [list(item) for item in items]] for ts, items in self.recent],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> _Entity:
+        channels = data["channels"]
+        entity = cls(None if channels is None else tuple(channels))
+        entity.interval_us = data["interval_us"]
+        entity.anchor_us = data["anchor_us"]
+        entity.newest_us = data["newest_us"]
+        entity.pending = [
+            (int(ts), {c: float(v) for c, v in vals.items()}) for ts, vals in data["pending"]
+        ]
+        entity.open = {
+            int(k): {c: {int(ts): float(v) for ts, v in obs} for c, obs in chans.items()}
+            for k, chans in data["open"]
+        }
+        entity.closed_k = data["closed_k"]
+        entity.rows = deque([None if v is None else float(v) for v in row] for row in data["rows"])
+        entity.rows_k0 = int(data["rows_k0"])
+        entity.last_obs = {c: (int(k), float(v)) for c, (k, v) in data["last_obs"].items()}
+        entity.seg_start = data["seg_start"]
+        entity.scan_k = data["scan_k"]
+        for ts, items in data["recent"]:
+            entity.remember((int(ts), tuple((str(c), float(v)) for c, v in items)))
+        return entity
+
+
+class Windower:
+    """Turns each entity's readings into event-time windows (see the module docstring).
+
+    ``learn_one`` takes readings of any number of entities, in any order; each entity's state is
+    independent and bounded. ``snapshot``/``from_snapshot`` restore the exact state: a restored
+    windower emits exactly the windows an uninterrupted one would have.
+
+    Attributes:
+        counts: how many readings got each :class:`Admission`, since creation (kept in
+            snapshots), for the daemon's metrics.
+    """
+
+    def __init__(self, config: WindowConfig) -> None:
+        self.config = config
+        self._entities: dict[str, _Entity] = {}
+        self._grace_us = round(config.grace_s * 1_000_000)
+        self._maxlen = config.length + config.max_fill_steps + 1
+        self.counts: dict[Admission, int] = dict.fromkeys(Admission, 0)
+
+    # -- public --------------------------------------------------------------------------------
+
+    def learn_one(self, reading: Reading) -> WindowerOutput:
+        """Admit one reading; return its admission and the windows it completed, oldest first.
+
+        Never raises on bad data: a reading that cannot be used gets a non-ACCEPTED admission.
+        """
+        admission, windows = self._learn(reading)
+        self.counts[admission] += 1
+        return WindowerOutput(admission, windows)
+
+    def entities(self) -> list[str]:
+        """The entities seen so far."""
+        return list(self._entities)
+
+    def grid(self, entity: str) -> tuple[datetime, float] | None:
+        """The entity's grid anchor (the end of its step 0) and interval in seconds, or None
+        while it is unknown (no reading yet, or the interval still being inferred)."""
+        state = self._entities.get(entity)
+        if state is None or state.interval_us is None or state.anchor_us is None:
+            return None
+        return _from_us(state.anchor_us), state.interval_us / 1_000_000
+
+    def snapshot(self) -> dict[str, Any]:
+        """The full state as a JSON-serialisable dict (``json.dumps`` works on it)."""
+        return {
+            "version": _SNAPSHOT_VERSION,
+            "config": self.config.to_dict(),
+            "counts": {a.value: n for a, n in self.counts.items()},
+            "entities": {name: state.to_dict() for name, state in self._entities.items()},
+        }
+
+    @classmethod
+    def from_snapshot(cls, config: WindowConfig, snapshot: Mapping[str, Any]) -> Windower:
+        """Rebuild a windower from :meth:`snapshot` output, with the same config.
+
+        Raises:
+            ValueError: the snapshot is of another version or was taken with another config
+                (its windows would not continue the same way).
+        """
+        if snapshot.get("version") != _SNAPSHOT_VERSION:
+            raise ValueError(
+                f"windower snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
+            )
+        if WindowConfig.from_dict(snapshot["config"]) != config:
+            raise ValueError(
+                f"windower snapshot was taken with another config: {snapshot['config']}, "
+                f"not {config.to_dict()}"
+            )
+        windower = cls(config)
+        for name, count in snapshot["counts"].items():
+            windower.counts[Admission(name)] = int(count)
+        windower._entities = {
+            name: _Entity.from_dict(data) for name, data in snapshot["entities"].items()
+        }
+        return windower
+
+    # -- admission -----------------------------------------------------------------------------
+
+    def _learn(self, reading: Reading) -> tuple[Admission, list[Window]]:
+        ts = reading.timestamp
+        if not isinstance(ts, datetime) or ts.tzinfo is None or ts.utcoffset() is None:
+            return Admission.INVALID, []
+        values: dict[str, float] = {}
+        try:
+            for channel, value in reading.values.items():
+                number = float(value)
+                if not math.isfinite(number) or not isinstance(channel, str):
+                    return Admission.INVALID, []
+                values[channel] = number
+        except (TypeError, ValueError, AttributeError):
+            return Admission.INVALID, []
+        if not values:
+            return Admission.WRONG_CHANNELS, []
+
+        state = self._entities.get(reading.entity)
+        if state is None:
+            channels = self.config.channels
+            if channels is None:
+                channels = tuple(sorted(values))
+            state = _Entity(channels)
+        assert state.channels is not None
+        if not set(values) <= set(state.channels):
+            return Admission.WRONG_CHANNELS, []
+        # The entity exists from its first usable reading (which fixed its channels).
+        self._entities.setdefault(reading.entity, state)
+
+        ts_us = _to_us(ts)
+        key = (ts_us, tuple(sorted(values.items())))
+        if key in state.recent_set:
+            return Admission.DUPLICATE, []
+
+        if state.interval_us is None and self.config.interval_s is not None:
+            state.interval_us = max(1, round(self.config.interval_s * 1_000_000))
+            state.anchor_us = ts_us
+        if state.interval_us is None:
+            return self._learn_inferring(reading.entity, state, ts_us, values, key)
+
+        assert state.anchor_us is not None
+        k = self._step_of(state, ts_us)
+        if state.closed_k is not None and k <= state.closed_k:
+            return Admission.LATE, []
+        admission = self._add_to_step(state, k, ts_us, values)
+        if admission is not Admission.ACCEPTED:
+            return admission, []
+        state.remember(key)
+        state.newest_us = ts_us if state.newest_us is None else max(state.newest_us, ts_us)
+        return Admission.ACCEPTED, self._close_steps(reading.entity, state)
+
+    def _learn_inferring(
+        self,
+        entity: str,
+        state: _Entity,
+        ts_us: int,
+        values: dict[str, float],
+        key: tuple[int, tuple[tuple[str, float], ...]],
+    ) -> tuple[Admission, list[Window]]:
+        if state.newest_us is not None and ts_us < state.newest_us - self._grace_us:
+            return Admission.LATE, []
+        for pending_ts, pending_values in state.pending:
+            if pending_ts == ts_us:
+                for channel, value in values.items():
+                    if channel in pending_values and pending_values[channel] != value:
+                        return Admission.CONFLICT, []
+        if len(state.pending) >= _MAX_INFER_READINGS:
+            # Too many readings on too few timestamps to infer an interval: keep the newest.
+            state.pending.pop(0)
+        state.pending.append((ts_us, values))
+        state.remember(key)
+        state.newest_us = ts_us if state.newest_us is None else max(state.newest_us, ts_us)
+        stamps = sorted({t for t, _ in state.pending})
+        if len(stamps) < _INFER_TIMESTAMPS:
+            return Admission.ACCEPTED, []
+        gaps = sorted(b - a for a, b in itertools.pairwise(stamps[:_INFER_TIMESTAMPS]))
+        state.interval_us = gaps[len(gaps) // 2]
+        state.anchor_us = stamps[0]
+        pending, state.pending = state.pending, []
+        for pending_ts, pending_values in sorted(pending, key=lambda item: item[0]):
+            k = self._step_of(state, pending_ts)
+            steps = state.open.setdefault(k, {})
+            for channel, value in pending_values.items():
+                steps.setdefault(channel, {})[pending_ts] = value
+        return Admission.ACCEPTED, self._close_steps(entity, state)
+
+    @staticmethod
+    def _step_of(state: _Entity, ts_us: int) -> int:
+        assert state.anchor_us is not None and state.interval_us is not None
+        # Step k is (g(k-1), g(k)]: the ceiling of the offset in intervals.
+        return -((state.anchor_us - ts_us) // state.interval_us)
+
+    @staticmethod
+    def _add_to_step(state: _Entity, k: int, ts_us: int, values: dict[str, float]) -> Admission:
+        step = state.open.get(k, {})
+        new = False
+        for channel, value in values.items():
+            seen = step.get(channel, {}).get(ts_us)
+            if seen is None:
+                new = True
+            elif seen != value:
+                return Admission.CONFLICT
+        if not new:
+            return Admission.DUPLICATE
+        step = state.open.setdefault(k, {})
+        for channel, value in values.items():
+            step.setdefault(channel, {})[ts_us] = value
+        return Admission.ACCEPTED
+
+    # -- closing steps and emitting windows ----------------------------------------------------
+
+    def _close_steps(self, entity: str, state: _Entity) -> list[Window]:
+        assert state.newest_us is not None and state.anchor_us is not None
+        assert state.interval_us is not None
+        watermark = state.newest_us - self._grace_us
+        last = (watermark - state.anchor_us) // state.interval_us  # g(last) <= watermark
+        if state.closed_k is not None and last <= state.closed_k:
+            return []
+        windows: list[Window] = []
+        for k in sorted(step for step in state.open if step <= last):
+            observed = state.open.pop(k)
+            means = {c: math.fsum(obs.values()) / len(obs) for c, obs in observed.items()}
+            windows.extend(self._observe(entity, state, k, means))
+        state.closed_k = last
+        return windows
+
+    def _observe(
+        self, entity: str, state: _Entity, k: int, means: dict[str, float]
+    ) -> list[Window]:
+        """Add closed step k (observed for the channels in ``means``), fill, emit windows."""
+        assert state.channels is not None
+        channels = state.channels
+        config = self.config
+        rows = state.rows
+        width = len(channels)
+        end_k = state.rows_k0 + len(rows) - 1
+        if not rows or k - end_k - 1 > self._maxlen:
+            # Every channel is missing for the whole jump: an outage; start a fresh deque.
+            rows.clear()
+            state.rows_k0 = k
+        else:
+            for _ in range(k - end_k - 1):
+                rows.append([None] * width)
+        rows.append([None] * width)
+        while len(rows) > self._maxlen:
+            rows.popleft()
+            state.rows_k0 += 1
+
+        for index, channel in enumerate(channels):
+            if channel not in means:
+                continue
+            value = means[channel]
+            rows[k - state.rows_k0][index] = value
+            previous = state.last_obs.get(channel)
+            if previous is None or k - previous[0] - 1 > config.max_fill_steps:
+                # This channel has no value on the steps before k that a fill could reach:
+                # the segment (and any window) restarts at k.
+                if state.seg_start is None or state.seg_start < k:
+                    state.seg_start = k
+                    state.scan_k = k - 1
+            else:
+                prev_k, prev_value = previous
+                # The slope form np.interp uses, so fills equal pandas' interpolate().
+                slope = (value - prev_value) / (k - prev_k)
+                for step in range(max(prev_k + 1, state.rows_k0), k):
+                    rows[step - state.rows_k0][index] = slope * (step - prev_k) + prev_value
+            state.last_obs[channel] = (k, value)
+
+        if state.seg_start is None or state.scan_k is None:
+            return []
+        windows: list[Window] = []
+        step = state.scan_k + 1
+        while step <= k:
+            row = rows[step - state.rows_k0]
+            if any(v is None for v in row):
+                break
+            count = step - state.seg_start + 1
+            if count >= config.length and (count - config.length) % config.stride == 0:
+                first = step - config.length + 1
+                assert first >= state.rows_k0, "window start evicted from the row buffer"
+                block = [rows[i - state.rows_k0] for i in range(first, step + 1)]
+                assert state.anchor_us is not None and state.interval_us is not None
+                windows.append(
+                    Window(
+                        entity=entity,
+                        start=_from_us(state.anchor_us + first * state.interval_us),
+                        end=_from_us(state.anchor_us + step * state.interval_us),
+                        channels=channels,
+                        values=np.array(block, dtype=np.float64).reshape(config.length, width),
+                    )
+                )
+            state.scan_k = step
+            step += 1
+        return windows

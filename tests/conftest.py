@@ -1,0 +1,55 @@
+"""Shared fixtures: a real Kafka broker for the whole session, chosen as DEVELOPERS.md says.
+
+MONITOR_BOOTSTRAP (an external cluster) if set; else a testcontainers Kafka container when a
+Docker engine answers; else the embedded Tansu broker on 127.0.0.1. Tests use fresh uuid topics
+and groups, so they never see each other's records.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor.broker import provide_broker
+from monitor.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+NAB = REPO / "sample_streams" / "nab"
+
+# Two shared cores: one torch thread per test process keeps training predictable.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[tuple[str, str]]:
+    """(bootstrap, kind) of the session's broker."""
+    with provide_broker(os.environ.get("MONITOR_BOOTSTRAP")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def bootstrap(kafka_broker: tuple[str, str]) -> str:
+    return kafka_broker[0]
+
+
+@pytest.fixture
+def kafka_settings(bootstrap: str) -> Settings:
+    """Settings on the session broker with fresh topics and group, and the tests' short session."""
+    run = uuid.uuid4().hex[:10]
+    return load_settings(
+        bootstrap=bootstrap,
+        kafka={
+            "readings_topic": f"t-readings-{run}",
+            "events_topic": f"t-events-{run}",
+            "dead_letter_topic": f"t-dead-{run}",
+            "group_id": f"t-group-{run}",
+            "session_timeout_ms": 2000,
+            "heartbeat_interval_ms": 400,
+            "poll_timeout_ms": 200,
+        },
+    )

@@ -1,0 +1,152 @@
+"""The whole path through the ``monitor`` command against the real broker.
+
+train (CLI) -> replay (CLI) -> run (CLI, until the replay is consumed) -> read the events back
+with confluent-kafka, an independent client built on librdkafka, and check them against the
+schema and the stream's labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from monitor.demo import labelled_windows
+from monitor.settings import Settings
+from tests.conftest import NAB, REPO
+
+MONITOR = [sys.executable, "-m", "monitor.cli"]
+EVENT_SCHEMA = json.loads((REPO / "monitor" / "schemas" / "anomaly-event.json").read_text())
+
+pytestmark = pytest.mark.slow
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    k = settings.kafka
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MONITOR_")}
+    env.update(
+        MONITOR_BOOTSTRAP=settings.bootstrap,
+        MONITOR_KAFKA__READINGS_TOPIC=k.readings_topic,
+        MONITOR_KAFKA__EVENTS_TOPIC=k.events_topic,
+        MONITOR_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
+        MONITOR_KAFKA__GROUP_ID=k.group_id,
+        MONITOR_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
+        MONITOR_KAFKA__HEARTBEAT_INTERVAL_MS=str(k.heartbeat_ms),
+        OMP_NUM_THREADS="1",
+    )
+    return env
+
+
+def _monitor(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str:
+    done = subprocess.run(
+        [*MONITOR, *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO
+    )
+    assert done.returncode == 0, f"monitor {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def read_events(bootstrap: str, topic: str, expected: int, quiet_s: float = 3.0) -> list[dict]:
+    """Every record of ``topic`` read with confluent-kafka, waiting until ``expected`` arrived
+    and then ``quiet_s`` more seconds (so that an unexpected extra event is seen too)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    events: list[dict] = []
+    deadline = time.monotonic() + 60
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                headers = dict(message.headers() or [])
+                assert headers.get("content-type") == b"application/cloudevents+json"
+                event = json.loads(message.value())
+                assert message.key().decode() == event["subject"]
+                events.append(event)
+                continue
+            if len(events) >= expected:
+                quiet_until = quiet_until or time.monotonic() + quiet_s
+                if time.monotonic() >= quiet_until:
+                    break
+    finally:
+        consumer.close()
+    return events
+
+
+def _run_stream(
+    csv: Path, until: str | None, rows: int | None, settings: Settings, tmp_path: Path
+) -> tuple[list[dict], dict[str, int]]:
+    env = _env(settings)
+    model_dir = tmp_path / "model"
+    train_args = ["train", str(csv), "--out", str(model_dir)]
+    train_args += ["--until", until] if until else ["--rows", str(rows)]
+    _monitor(train_args, env)
+    out = _monitor(["replay", str(csv), "--create-topics"], env)
+    replayed = int(re.search(r"replayed (\d+) readings", out).group(1))  # type: ignore[union-attr]
+    out = _monitor(["run", "--model", str(model_dir), "--until-idle", "3"], env)
+    summary = re.search(
+        r"readings in: (\d+), windows scored: (\d+), events out: (\d+), dead letters: (\d+)", out
+    )
+    assert summary, out
+    counts = dict(
+        zip(
+            ["readings_in", "windows_scored", "events_out", "dead_letters"],
+            map(int, summary.groups()),
+            strict=True,
+        )
+    )
+    assert counts["readings_in"] == replayed
+    assert counts["dead_letters"] == 0
+    events = read_events(settings.bootstrap, settings.kafka.events_topic, counts["events_out"])
+    assert len(events) == counts["events_out"]
+    for event in events:
+        jsonschema.validate(event, EVENT_SCHEMA)
+    return events, counts
+
+
+def test_labelled_anomaly_is_reported_as_events_readable_by_another_client(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    csv = NAB / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
+    windows = labelled_windows(csv)
+    assert len(windows) == 1
+    # Train on the normal start: everything before the labelled window, minus a margin.
+    until = (windows[0][0] - pd.Timedelta(hours=6)).isoformat()
+    events, counts = _run_stream(csv, until, None, kafka_settings, tmp_path)
+
+    assert counts["windows_scored"] > 3000
+    opened = [e for e in events if e["data"]["kind"] == "opened"]
+    assert opened, "no episode opened on a stream with a labelled anomaly"
+    for start, end in windows:
+        overlapping = [
+            e
+            for e in events
+            if pd.Timestamp(e["data"]["window_start"]) <= end
+            and pd.Timestamp(e["data"]["window_end"]) >= start
+        ]
+        assert overlapping, f"no event overlaps the labelled window {start} .. {end}"
+    # Same input, same model: ids are unique per event and stable in form.
+    assert len({e["id"] for e in events}) == len(events)
+
+
+def test_anomaly_free_stream_publishes_no_event(kafka_settings: Settings, tmp_path: Path) -> None:
+    csv = NAB / "artificialNoAnomaly" / "art_daily_no_noise.csv"
+    events, counts = _run_stream(csv, None, 2016, kafka_settings, tmp_path)
+    assert counts["windows_scored"] > 3000
+    assert events == []

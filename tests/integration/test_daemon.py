@@ -1,0 +1,110 @@
+"""The daemon against the real broker: events out, bad input dead-lettered, offsets committed."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+import models
+from models.base import Autoencoder
+from monitor.daemon import Daemon
+from monitor.formats import encode_reading
+from monitor.kafka import ensure_topics
+from monitor.pipeline import Detector
+from monitor.records import Reading
+from monitor.settings import Settings
+from tests.kafka_helpers import produce, read_topic
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+STEP = timedelta(minutes=5)
+PERIOD = 48
+
+
+def _sine(steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    return (10 + 3 * np.sin(2 * np.pi * t / PERIOD) + rng.normal(0, 0.05, steps)).astype(float)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Autoencoder:
+    model = models.build(
+        "lstm", channels=("value",), window=16, epochs=15, hidden_size=16, latent_size=4
+    )
+    model.fit(_sine(1200, seed=1)[:, None], seed=0)
+    model.save(tmp_path_factory.mktemp("model") / "v1")
+    return model
+
+
+def _readings(values: np.ndarray, entity: str) -> list[tuple[bytes, bytes]]:
+    return [
+        encode_reading(Reading(entity, T0 + i * STEP, {"value": float(v)}))
+        for i, v in enumerate(values)
+    ]
+
+
+BAD = [
+    (b"e1", b"\xff\xfe not utf-8"),
+    (b"e1", b"{oops"),
+    (b"e1", b'{"entity":"e1","timestamp":"2024-01-01T00:00:00Z"}'),
+    (b"e1", b'{"entity":"e1","timestamp":"2024-01-01T00:00:00Z","value":"high"}'),
+    (b"e1", b'{"entity":"e1","timestamp":5,"value":1.0}'),
+    # In the future, so that only its channel set is wrong (not its time).
+    (b"e1", b'{"entity":"e1","timestamp":"2024-01-04T12:00:00Z","values":{"other":1}}'),
+]
+
+
+def test_daemon_scores_dead_letters_and_commits(
+    kafka_settings: Settings, tiny_model: Autoencoder
+) -> None:
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    values = _sine(600, seed=2)
+    values[400:406] += 12.0  # a spike no normal window resembles
+    good = _readings(values, "e1")
+    records = good[:100] + BAD[:3] + good[100:300] + BAD[3:] + good[300:]
+    produce(kafka_settings.bootstrap, k.readings_topic, records)
+
+    stats = Daemon(kafka_settings, Detector(tiny_model), idle_stop_s=2.0).run()
+
+    assert stats.readings_in == len(records)
+    assert stats.readings_in == stats.readings_accepted + sum(stats.dead_letters.values())
+    assert stats.readings_accepted == len(good)
+    assert stats.windows_scored == len(good) - 16 + 1
+
+    dead = read_topic(kafka_settings.bootstrap, k.dead_letter_topic, expected=len(BAD))
+    assert sorted(r.value for r in dead) == sorted(v for _, v in BAD)
+    reasons = {r.value: dict(r.headers)["monitor.reason"].decode() for r in dead}
+    assert reasons == {
+        BAD[0][1]: "undecodable",
+        BAD[1][1]: "invalid_json",
+        BAD[2][1]: "missing_field",
+        BAD[3][1]: "bad_value",
+        BAD[4][1]: "timestamp_out_of_range",
+        BAD[5][1]: "wrong_channels",
+    }
+    for r in dead:
+        topic, partition, offset = dict(r.headers)["monitor.source"].decode().split("/")
+        assert topic == k.readings_topic and int(partition) >= 0 and int(offset) >= 0
+
+    events = [
+        json.loads(r.value)
+        for r in read_topic(kafka_settings.bootstrap, k.events_topic, expected=stats.events_out)
+    ]
+    assert len(events) == stats.events_out
+    opened = [e for e in events if e["data"]["kind"] == "opened"]
+    assert opened, "the spike opened no episode"
+    spike_time = T0 + 400 * STEP
+    assert any(
+        datetime.fromisoformat(e["data"]["window_start"]) <= spike_time + 5 * STEP
+        and datetime.fromisoformat(e["data"]["window_end"]) >= spike_time
+        for e in opened
+    )
+    assert all(e["data"]["model_version"] == tiny_model.version for e in events)
+
+    # Offsets were committed: the same group, restarted, has nothing left to read.
+    again = Daemon(kafka_settings, Detector(tiny_model), idle_stop_s=2.0).run()
+    assert again.readings_in == 0

@@ -1,0 +1,58 @@
+"""Reading and writing test topics with kafka-python, without trusting end offsets.
+
+The embedded broker answers ``end_offsets`` wrongly, so readers poll until they have what they
+expect and then stay a little longer, to see anything unexpected too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush(timeout=30)
+        for f in futures:
+            f.get(timeout=0)
+    finally:
+        producer.close()
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, quiet_s: float = 2.0, timeout_s: float = 60.0
+) -> list[Any]:
+    """All records of ``topic`` (every partition, from the beginning), in partition order."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        deadline = time.monotonic() + 10
+        partitions = consumer.partitions_for_topic(topic)
+        while partitions is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        quiet_until = None
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=200)
+            got = [r for rs in batch.values() for r in rs]
+            records.extend(got)
+            if got:
+                quiet_until = None
+            elif len(records) >= expected:
+                quiet_until = quiet_until or time.monotonic() + quiet_s
+                if time.monotonic() >= quiet_until:
+                    break
+        return records
+    finally:
+        consumer.close()

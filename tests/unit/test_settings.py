@@ -1,0 +1,49 @@
+"""Settings: file < environment < command line, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.errors import ConfigError
+from monitor.settings import load_settings
+
+
+def test_defaults_are_valid_and_production_session_is_a_few_seconds() -> None:
+    s = load_settings()
+    assert s.kafka.session_timeout_ms == 6000
+    assert (
+        s.kafka.session_timeout_ms // 6 <= s.kafka.heartbeat_ms <= s.kafka.session_timeout_ms // 4
+    )
+
+
+def test_precedence_file_then_env_then_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "monitor.toml"
+    f.write_text('bootstrap = "file:9092"\n[kafka]\ngroup_id = "from-file"\nevents_topic = "ev"\n')
+    assert load_settings(f).bootstrap == "file:9092"
+    monkeypatch.setenv("MONITOR_BOOTSTRAP", "env:9092")
+    monkeypatch.setenv("MONITOR_KAFKA__GROUP_ID", "from-env")
+    s = load_settings(f)
+    assert (s.bootstrap, s.kafka.group_id, s.kafka.events_topic) == ("env:9092", "from-env", "ev")
+    s = load_settings(f, bootstrap="cli:9092", kafka={"group_id": None})
+    assert (s.bootstrap, s.kafka.group_id) == ("cli:9092", "from-env")
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "monitor.toml"
+    f.write_text("[kafka]\nsession_timeout = 5\n")
+    with pytest.raises(ConfigError, match=r"kafka\.session_timeout"):
+        load_settings(f)
+
+
+def test_bad_value_is_named_with_the_value() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.session_timeout_ms.*500"):
+        load_settings(kafka={"session_timeout_ms": 500})
+    with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
+        load_settings(kafka={"session_timeout_ms": 3000, "heartbeat_interval_ms": 2000})
+
+
+def test_missing_settings_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
