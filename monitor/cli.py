@@ -232,11 +232,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def build_detector(settings: Settings) -> Any:
-    """Load the configured model and build the Detector around it."""
+def load_serving(settings: Settings) -> tuple[Any, Any]:
+    """The configured model and the detector configuration around it, validated."""
     import models
     from monitor.errors import ConfigError
-    from monitor.pipeline import Detector, DetectorConfig
+    from monitor.pipeline import DetectorConfig
 
     if settings.model.path is None:
         raise ConfigError("model.path is not set: pass --model DIR or set MONITOR_MODEL__PATH")
@@ -247,8 +247,8 @@ def build_detector(settings: Settings) -> Any:
         threshold=d.threshold,
         episodes=d.episodes,
         max_batch_windows=d.max_batch_windows,
-    )
-    return Detector(model, config)
+    ).for_model(model)
+    return model, config
 
 
 def print_event(event: dict[str, Any]) -> None:
@@ -264,13 +264,12 @@ def print_event(event: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.daemon import Daemon
-    from monitor.kafka import ensure_topics
 
-    detector = build_detector(settings)
-    ensure_topics(settings)
+    model, config = load_serving(settings)
     daemon = Daemon(
         settings,
-        detector,
+        model,
+        config,
         on_event=print_event if args.print_events else None,
         idle_stop_s=args.until_idle,
     )

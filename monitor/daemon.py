@@ -1,31 +1,44 @@
-"""The daemon's loop: consume -> detect -> publish -> commit.
+"""The daemon's loop: consume -> detect -> publish -> snapshot -> commit.
 
-Delivery is at-least-once: a batch's offsets are committed only after every event and dead
-letter it produced has been acknowledged by the broker (acks=all). A crash between publish and
-commit re-processes the batch; the events it re-publishes carry the same ids.
+Delivery is at-least-once. Each batch's events and dead letters are published and acknowledged
+(acks=all, idempotent producer) before anything else happens; every ``commit_interval_s``, and
+whenever partitions are revoked or the daemon stops, the detector state of each partition is
+written to the compacted state topic together with the offset of the next unread reading, and
+only then is that offset committed. A daemon that restarts, or takes a partition over from
+another, restores the snapshot and resumes from its offset: state and position always agree,
+and what is re-processed re-publishes events with the same ids. Duplicates are bounded by the
+commit interval.
+
+Scale-out is Kafka's consumer group: N daemons with the same group id share the partitions of
+the readings topic (entities are keyed to partitions), and a rebalance moves partitions and,
+through the state topic, their state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from models.base import Autoencoder
 from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_to_cloudevent
-from monitor.kafka import DeadLetter, Publisher, consumer_config, producer_config
-from monitor.pipeline import Detector
-from monitor.records import AnomalyEvent, Reading
+from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics, producer_config
+from monitor.kafka.state import PartitionState, StateStore
+from monitor.pipeline import Detector, DetectorConfig, process_together
+from monitor.records import Reading
 from monitor.settings import Settings
 
 __all__ = ["Daemon", "DaemonStats"]
@@ -35,7 +48,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DaemonStats:
-    """Counters of one run. Invariant: readings_in == readings_accepted + dead_letters total."""
+    """Counters of one run. Invariant: readings_in == readings_accepted + dead letters."""
 
     readings_in: int = 0
     readings_accepted: int = 0
@@ -43,6 +56,8 @@ class DaemonStats:
     events_out: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     batches: int = 0
+    checkpoints: int = 0
+    model_swaps: int = 0
 
     def summary(self) -> str:
         dl = sum(self.dead_letters.values())
@@ -54,75 +69,116 @@ class DaemonStats:
         )
 
 
+class _Stopping(Exception):
+    """Raised inside a batch when a stop was requested while the broker kept failing."""
+
+
 class Daemon:
-    """Runs one Detector over the readings topic until stopped.
+    """Runs the detectors of the partitions this process owns, until stopped.
 
     ``on_event`` is called with each event's CloudEvents object once it is acknowledged (the
     demo prints them). ``idle_stop_s`` stops the loop once no reading has arrived for that long
-    after the partitions were assigned: for the demo and tests, which replay a finite stream.
+    after partitions were assigned: for the demo and tests, which replay a finite stream.
+    ``observer`` (see ``monitor.observability``) receives metrics; it is optional so that the
+    core loop does not depend on it.
     """
 
     def __init__(
         self,
         settings: Settings,
-        detector: Detector,
+        model: Autoencoder,
+        config: DetectorConfig | None = None,
         *,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         idle_stop_s: float | None = None,
+        observer: Any = None,
     ) -> None:
         self.settings = settings
-        self.detector = detector
+        self.model = model
+        self.config = (config or DetectorConfig()).for_model(model)
         self.on_event = on_event
         self.idle_stop_s = idle_stop_s
+        self.observer = observer
         self.stats = DaemonStats()
+        self.detectors: dict[TopicPartition, Detector] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._dirty: set[TopicPartition] = set()
         self._stop = threading.Event()
+        self._pending_model: Autoencoder | None = None
+        self._model_lock = threading.Lock()
+        self._consumer: KafkaConsumer | None = None
+        self._state: StateStore | None = None
+        self._last_checkpoint = time.monotonic()
+        self.ready = False
+
+    # -- control ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish its batch and return; safe from signal handlers and threads."""
+        """Ask the loop to finish its batch, checkpoint and return; safe from signal handlers."""
         self._stop.set()
 
+    def request_model(self, model: Autoencoder) -> None:
+        """Serve ``model`` from the next batch on (thread-safe; the swap happens in the loop)."""
+        with self._model_lock:
+            self._pending_model = model
+
     def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: graceful stop, cut short after ``shutdown_timeout_s``; a second
+        signal exits at once (state then resumes from the last checkpoint, as after a crash)."""
+        limit = self.settings.shutdown_timeout_s
+
         def handle(signum: int, frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                log.warning("second %s: exiting now", signal.Signals(signum).name)
+                os._exit(1)
             log.info("received %s: finishing the batch and stopping", signal.Signals(signum).name)
             self.stop()
+            timer = threading.Timer(limit, _exit_after, args=(limit,))
+            timer.daemon = True
+            timer.start()
 
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
 
+    # -- the loop --------------------------------------------------------------------------
+
     def run(self) -> DaemonStats:
         """Consume until stopped; return the counters."""
         k = self.settings.kafka
-        try:
-            consumer = KafkaConsumer(**consumer_config(self.settings))
-            producer = KafkaProducer(**producer_config(self.settings))
-        except KafkaError as exc:  # kafka-python 3 raises KafkaTimeoutError when none answers
-            raise BrokerError(
-                f"no Kafka broker answers at {self.settings.bootstrap} "
-                "(set MONITOR_BOOTSTRAP or --bootstrap)"
-            ) from exc
+        consumer, producer = self._connect()
+        self._consumer = consumer
+        state = self._state = StateStore(self.settings, producer)
+        state.ensure_topic()
         publisher = Publisher(
             producer,
             events_topic=k.events_topic,
             dead_letter_topic=k.dead_letter_topic,
             source=self.settings.source,
         )
-        consumer.subscribe([k.readings_topic])
+        consumer.subscribe([k.readings_topic], listener=_Listener(self))
         log.info(
             "daemon started: group %s on %s, model %s",
             k.group_id,
             k.readings_topic,
-            self.detector.model_version,
+            self.model.version,
         )
         last_activity: float | None = None
+        clean = True
         try:
             while not self._stop.is_set():
+                self._maybe_swap_model()
+                if self.observer is not None:
+                    self.observer.beat()
                 batch = consumer.poll(timeout_ms=k.poll_timeout_ms)
                 now = time.monotonic()
                 if batch:
-                    self._handle(batch, consumer, publisher)
+                    self._handle(batch, publisher)
                     last_activity = now
                 elif last_activity is None and consumer.assignment():
                     last_activity = now
+                if now - self._last_checkpoint >= k.commit_interval_s:
+                    self._checkpoint(self._dirty)
+                    self._report_lag(consumer)
                 if (
                     self.idle_stop_s is not None
                     and last_activity is not None
@@ -130,68 +186,257 @@ class Daemon:
                 ):
                     log.info("no readings for %.1f s: stopping", self.idle_stop_s)
                     break
+        except _Stopping:
+            clean = False
+            log.warning("stopped while the broker was failing; resuming from the last checkpoint")
         finally:
-            consumer.close()
-            producer.close(timeout=10)
-            log.info("daemon stopped: %s", self.stats.summary())
+            try:
+                if clean:
+                    self._checkpoint(self._dirty)
+            finally:
+                self.ready = False
+                consumer.close(autocommit=False)
+                state.close()
+                producer.close(timeout=10)
+                log.info("daemon stopped: %s", self.stats.summary())
         return self.stats
 
-    def _handle(
-        self,
-        batch: dict[TopicPartition, list[Any]],
-        consumer: KafkaConsumer,
-        publisher: Publisher,
-    ) -> None:
-        readings: list[Reading] = []
-        origins: list[Any] = []
+    def _connect(self) -> tuple[KafkaConsumer, KafkaProducer]:
+        """Reach the broker, retrying with back-off for ``kafka.connect_timeout_s``."""
+        deadline = time.monotonic() + self.settings.kafka.connect_timeout_s
+        delay_s = 0.5
+        while True:
+            try:
+                ensure_topics(self.settings)
+                consumer = KafkaConsumer(**consumer_config(self.settings))
+                producer = KafkaProducer(**producer_config(self.settings))
+                return consumer, producer
+            except (KafkaError, BrokerError) as exc:
+                if self._stop.is_set() or time.monotonic() + delay_s > deadline:
+                    raise BrokerError(
+                        f"no Kafka broker answers at {self.settings.bootstrap} after "
+                        f"{self.settings.kafka.connect_timeout_s:.0f} s ({exc}); check "
+                        "bootstrap (MONITOR_BOOTSTRAP) and kafka.security"
+                    ) from exc
+                log.warning("broker not reachable (%s); retrying in %.1f s", exc, delay_s)
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 10.0)
+
+    def _handle(self, batch: dict[TopicPartition, list[Any]], publisher: Publisher) -> None:
+        started = time.perf_counter()
+        readings: dict[TopicPartition, list[Reading]] = {}
+        origins: dict[TopicPartition, list[Any]] = {}
         dead: list[DeadLetter] = []
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        received = 0
         for tp, records in batch.items():
+            if tp not in self.detectors:
+                # Possible only if a rebalance raced the fetch; the listener will assign it.
+                log.warning("records for unassigned %s dropped from this batch", tp)
+                continue
+            mine = readings.setdefault(tp, [])
+            where = origins.setdefault(tp, [])
             for record in records:
-                self.stats.readings_in += 1
+                received += 1
                 try:
-                    readings.append(decode_reading(record.key, record.value))
-                    origins.append(record)
+                    mine.append(decode_reading(record.key, record.value))
+                    where.append(record)
                 except InvalidReading as exc:
                     dead.append(_dead_letter(record, exc.reason, exc.detail))
-            if records:
-                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
 
-        output = self.detector.process(readings)
-        for index, reason in output.rejected:
-            dead.append(_dead_letter(origins[index], reason, f"refused by the windows: {reason}"))
+        scoring_started = time.perf_counter()
+        outputs = process_together({tp: self.detectors[tp] for tp in readings}, readings)
+        scoring_s = time.perf_counter() - scoring_started
+        events = []
+        accepted = windows = 0
+        for tp, output in outputs.items():
+            events.extend(output.events)
+            accepted += output.accepted
+            windows += output.windows_scored
+            for index, reason in output.rejected:
+                dead.append(
+                    _dead_letter(origins[tp][index], reason, f"refused by the windows: {reason}")
+                )
 
-        self._publish_with_retry(publisher, output.events, dead)
-        # Only now, with every event and dead letter acknowledged, may the offsets move on.
-        consumer.commit(offsets)
+        self._publish_with_retry(publisher, events, dead)
+        for tp, records in batch.items():
+            if records and tp in self.detectors:
+                self._positions[tp] = records[-1].offset + 1
+                self._dirty.add(tp)
 
         self.stats.batches += 1
-        self.stats.readings_accepted += output.accepted
-        self.stats.windows_scored += output.windows_scored
-        self.stats.events_out += len(output.events)
+        self.stats.readings_in += received
+        self.stats.readings_accepted += accepted
+        self.stats.windows_scored += windows
+        self.stats.events_out += len(events)
         self.stats.dead_letters.update(d.reason for d in dead)
+        if self.observer is not None:
+            self.observer.record_batch(
+                readings=received,
+                windows=windows,
+                events=Counter(e.kind.value for e in events),
+                dead_letters=Counter(d.reason for d in dead),
+                batch_seconds=time.perf_counter() - started,
+                scoring_seconds=scoring_s,
+            )
         if self.on_event is not None:
-            for event in output.events:
+            for event in events:
                 self.on_event(event_to_cloudevent(event, self.settings.source))
 
     def _publish_with_retry(
-        self, publisher: Publisher, events: list[AnomalyEvent], dead: list[DeadLetter]
+        self, publisher: Publisher, events: list[Any], dead: list[DeadLetter]
     ) -> None:
+        """Publish until acknowledged. Never gives up while running (nothing is committed past
+        an unacknowledged batch); a stop request while failing ends the run uncommitted."""
+        if not events and not dead:
+            return
         delay_s = 0.5
-        for attempt in range(1, 6):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 publisher.publish(events, dead)
                 return
-            except KafkaError as exc:  # PublishError is a BrokerError, not a KafkaError
-                error: Exception = exc
-            except BrokerError as exc:
-                error = exc
-            log.warning(
-                "publish attempt %d failed (%s); retrying in %.1f s", attempt, error, delay_s
-            )
-            time.sleep(delay_s)
+            except (KafkaError, BrokerError) as exc:
+                log.warning(
+                    "publish attempt %d failed (%s); retrying in %.1f s", attempt, exc, delay_s
+                )
+            if self._stop.wait(delay_s):
+                raise _Stopping()
             delay_s = min(delay_s * 2, 10.0)
-        raise BrokerError(f"could not publish a batch after 5 attempts: {error}")
+            # A broker that lost its topics (a restarted memory store) needs them again.
+            with contextlib.suppress(KafkaError, BrokerError):
+                ensure_topics(self.settings)
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _checkpoint(self, partitions: Iterable[TopicPartition]) -> None:
+        """Snapshot the partitions' detectors with their next offsets, then commit those."""
+        tps = [tp for tp in partitions if tp in self.detectors and tp in self._positions]
+        self._last_checkpoint = time.monotonic()
+        if not tps or self._state is None or self._consumer is None:
+            return
+        states = [
+            PartitionState(
+                topic=tp.topic,
+                partition=tp.partition,
+                next_offset=self._positions[tp],
+                model_version=self.model.version,
+                detector=self.detectors[tp].snapshot(),
+            )
+            for tp in tps
+        ]
+        try:
+            self._state.write(states)
+            self._consumer.commit(
+                {tp: OffsetAndMetadata(self._positions[tp], "", -1) for tp in tps}
+            )
+        except CommitFailedError as exc:
+            # The group moved on (e.g. we were too slow); the snapshot we wrote lets the new
+            # owner resume exactly where we stopped.
+            log.warning("offset commit refused, partitions were reassigned: %s", exc)
+        except KafkaError as exc:
+            log.warning("checkpoint failed (%s); will retry at the next interval", exc)
+            return
+        self._dirty.difference_update(tps)
+        self.stats.checkpoints += 1
+
+    def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = [tp for tp in revoked if tp in self.detectors]
+        self._checkpoint([tp for tp in revoked if tp in self._dirty])
+        for tp in revoked:
+            self.detectors.pop(tp, None)
+            self._positions.pop(tp, None)
+            self._dirty.discard(tp)
+        self.ready = bool(self.detectors)
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        assigned = list(assigned)
+        consumer, store = self._consumer, self._state
+        assert consumer is not None and store is not None
+        by_topic: dict[str, list[int]] = {}
+        for tp in assigned:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        restored = []
+        for topic, partitions in by_topic.items():
+            try:
+                snapshots = store.read(topic, partitions)
+            except KafkaError as exc:
+                log.warning("could not read the state topic (%s); starting those fresh", exc)
+                snapshots = {}
+            for partition in partitions:
+                tp = TopicPartition(topic, partition)
+                snap = snapshots.get(partition)
+                if snap is None:
+                    self.detectors[tp] = Detector(self.model, self.config)
+                    continue
+                detector = Detector.from_snapshot(self.model, self.config, snap.detector)
+                if snap.model_version != self.model.version:
+                    detector.swap_model(self.model)  # thresholds re-warm for this model
+                self.detectors[tp] = detector
+                self._positions[tp] = snap.next_offset
+                consumer.seek(tp, snap.next_offset)
+                restored.append(partition)
+        self.ready = bool(self.detectors)
+        log.info(
+            "partitions assigned: %s (state restored for %s)",
+            sorted(tp.partition for tp in assigned),
+            sorted(restored),
+        )
+
+    # -- models and lag ----------------------------------------------------------------------
+
+    def _maybe_swap_model(self) -> None:
+        with self._model_lock:
+            model, self._pending_model = self._pending_model, None
+        if model is None or model.version == self.model.version:
+            return
+        # Between batches: every window so far was scored by the old model, every later one
+        # will be scored by the new one; none is lost or scored twice.
+        self.config = self.config.for_model(model)
+        for detector in self.detectors.values():
+            detector.swap_model(model)
+        log.info("model swapped: %s -> %s", self.model.version, model.version)
+        self.model = model
+        self.stats.model_swaps += 1
+        if self.observer is not None:
+            self.observer.set_model(model.version, model.kind)
+
+    def _report_lag(self, consumer: KafkaConsumer) -> None:
+        if self.observer is None:
+            return
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            position = self._positions.get(tp)
+            if high is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, high - position)
+        self.observer.set_lag(lags)
+        thresholds = [
+            t.value
+            for d in self.detectors.values()
+            for t in d.thresholds.values()
+            if t.value is not None
+        ]
+        self.observer.set_thresholds(self.model.version, thresholds)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Called by kafka-python inside poll(), i.e. between batches."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.daemon._on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.daemon._on_assigned(assigned)
+
+
+def _exit_after(limit_s: float) -> None:
+    log.error("graceful stop took more than %.0f s: exiting", limit_s)
+    os._exit(1)
 
 
 def _dead_letter(record: Any, reason: str, detail: str) -> DeadLetter:

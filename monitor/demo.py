@@ -61,7 +61,7 @@ def run_demo(
     out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo; return its figures (counts, and labelled windows detected)."""
-    from monitor.cli import build_detector, print_event
+    from monitor.cli import load_serving, print_event
     from monitor.daemon import Daemon
     from monitor.kafka import ensure_topics
     from monitor.replay import replay
@@ -126,7 +126,7 @@ def run_demo(
             print_event(event)
 
         out("daemon: consuming, scoring, publishing (events below)")
-        daemon = Daemon(settings, build_detector(settings), on_event=on_event, idle_stop_s=3.0)
+        daemon = Daemon(settings, *load_serving(settings), on_event=on_event, idle_stop_s=3.0)
         daemon.install_signal_handlers()
         stats = daemon.run()
 

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from models.base import Autoencoder
+from models.base import Autoencoder, Scores
 from monitor.episodes import EpisodeConfig, Episodes
 from monitor.errors import ConfigError
 from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
 from monitor.windowing import Admission, WindowConfig, Windower
 
-__all__ = ["Detector", "DetectorConfig", "DetectorOutput"]
+__all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
 
 SNAPSHOT_FORMAT = 1
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,7 @@ class Detector:
         self.windower = Windower(self.config.window)
         self.episodes = Episodes(self.config.episodes)
         self.thresholds: dict[str, Threshold] = {}
-        self._warm_scores = (
-            np.asarray(model.report.validation_scores, dtype=float)
-            if model.report is not None
-            else np.zeros(0)
-        )
+        self._warm_scores = _validation_scores(model)
 
     @property
     def model_version(self) -> str:
@@ -125,7 +122,10 @@ class Detector:
 
     def process(self, readings: Sequence[Reading]) -> DetectorOutput:
         """Feed readings in arrival order; return the events, decisions and refusals."""
-        out = DetectorOutput()
+        return process_together({None: self}, {None: readings})[None]
+
+    def collect(self, readings: Sequence[Reading], out: DetectorOutput) -> list[Window]:
+        """First half of :meth:`process`: window the readings, return the completed windows."""
         pending: list[Window] = []
         for index, reading in enumerate(readings):
             result = self.windower.learn_one(reading)
@@ -134,18 +134,14 @@ class Detector:
                 pending.extend(result.windows)
             else:
                 out.rejected.append((index, result.admission.value))
-            if len(pending) >= self.config.max_batch_windows:
-                self._score(pending, out)
-                pending = []
-        if pending:
-            self._score(pending, out)
-        return out
+        return pending
 
-    def _score(self, windows: list[Window], out: DetectorOutput) -> None:
-        batch = np.stack([w.values for w in windows]).astype(np.float32)  # (n, time, channels)
-        scores = self.model.score(batch)
-        # Windows are judged in the order they were completed: per entity, that is time order,
-        # which the thresholds and episodes rely on.
+    def judge(self, windows: Sequence[Window], scores: Scores, out: DetectorOutput) -> None:
+        """Second half of :meth:`process`: compare scored windows with thresholds, run episodes.
+
+        Windows are judged in the order they were completed: per entity that is time order,
+        which the thresholds and episodes rely on.
+        """
         for i, window in enumerate(windows):
             threshold = self._threshold_for(window.entity)
             score = float(scores.window[i])
@@ -163,6 +159,22 @@ class Detector:
                 threshold.learn_one(score)
             out.decisions.append(decision)
             out.events.extend(self.episodes.learn_one(decision))
+
+    def swap_model(self, model: Autoencoder) -> None:
+        """Serve a new model from the next window on, keeping every open window.
+
+        Thresholds are re-warmed from the new model's validation scores, because its errors live
+        on another scale; windows and episodes carry on, so no window is lost or scored twice.
+        """
+        if model.channels != self.model.channels or model.window != self.model.window:
+            raise ConfigError(
+                f"model {model.version} has window {model.window} and channels "
+                f"{list(model.channels)}; the live model has {self.model.window} and "
+                f"{list(self.model.channels)}: a swap needs the same shape"
+            )
+        self.model = model
+        self._warm_scores = _validation_scores(model)
+        self.thresholds.clear()
 
     def _threshold_for(self, entity: str) -> Threshold:
         threshold = self.thresholds.get(entity)
@@ -198,3 +210,56 @@ class Detector:
             for entity, state in snapshot["thresholds"].items()
         }
         return detector
+
+
+def _validation_scores(model: Autoencoder) -> np.ndarray:
+    if model.report is None:
+        return np.zeros(0)
+    return np.asarray(model.report.validation_scores, dtype=float)
+
+
+def process_together(
+    detectors: Mapping[K, Detector], readings: Mapping[K, Sequence[Reading]]
+) -> dict[K, DetectorOutput]:
+    """Run several detectors that share one model (e.g. one per Kafka partition) over their
+    readings, scoring all the windows they complete in as few model calls as possible."""
+    outputs: dict[K, DetectorOutput] = {}
+    pending: list[tuple[Detector, DetectorOutput, list[Window]]] = []
+    for key, detector in detectors.items():
+        out = outputs[key] = DetectorOutput()
+        windows = detector.collect(readings.get(key, ()), out)
+        if windows:
+            pending.append((detector, out, windows))
+    if not pending:
+        return outputs
+    model = pending[0][0].model
+    if any(d.model is not model for d, _, _ in pending):
+        raise ValueError("process_together needs detectors that share one model")
+    chunk = min(d.config.max_batch_windows for d, _, _ in pending)
+    flat = [w for _, _, ws in pending for w in ws]
+    window_scores, channel, step = [], [], []
+    for start in range(0, len(flat), chunk):
+        part = flat[start : start + chunk]
+        scores = model.score(np.stack([w.values for w in part]).astype(np.float32))
+        window_scores.append(scores.window)
+        channel.append(scores.channel)
+        step.append(scores.step)
+    all_scores = Scores(
+        window=np.concatenate(window_scores),
+        channel=np.concatenate(channel),
+        step=np.concatenate(step),
+    )
+    offset = 0
+    for detector, out, windows in pending:
+        n = len(windows)
+        detector.judge(
+            windows,
+            Scores(
+                window=all_scores.window[offset : offset + n],
+                channel=all_scores.channel[offset : offset + n],
+                step=all_scores.step[offset : offset + n],
+            ),
+            out,
+        )
+        offset += n
+    return outputs

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -30,6 +30,61 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SecuritySettings(_Section):
+    """Kafka transport security, passed to kafka-python as is (``monitor.kafka.clients``).
+
+    Secrets come from the environment (``MONITOR_KAFKA__SECURITY__SASL_PASSWORD``) or from a file
+    (``sasl_password_file``, e.g. a mounted Kubernetes secret); they are never logged and
+    ``monitor config`` masks them.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_password_file: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecuritySettings:
+        sasl = self.protocol.startswith("SASL")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(
+                f"kafka.security.sasl_mechanism is required with protocol {self.protocol}"
+            )
+        if sasl and not self.sasl_username:
+            raise ValueError(f"kafka.security.sasl_username is required with {self.protocol}")
+        if sasl and self.sasl_password is None and self.sasl_password_file is None:
+            raise ValueError(
+                "kafka.security.sasl_password (or sasl_password_file) is required with "
+                f"{self.protocol}"
+            )
+        for name in (
+            "sasl_password_file",
+            "ssl_password_file",
+            "ssl_cafile",
+            "ssl_certfile",
+            "ssl_keyfile",
+        ):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"kafka.security.{name}={str(path)!r} is not a readable file")
+        return self
+
+    def secret(self, name: Literal["sasl_password", "ssl_password"]) -> str | None:
+        """The secret's value, from the setting itself or else from its file."""
+        value: SecretStr | None = getattr(self, name)
+        if value is not None:
+            return value.get_secret_value()
+        path: Path | None = getattr(self, f"{name}_file")
+        return path.read_text().strip() if path is not None else None
+
+
 class KafkaSettings(_Section):
     """Topics and client behaviour. Client settings are turned into kafka-python arguments in
     exactly one place, ``monitor.kafka.clients``."""
@@ -37,6 +92,12 @@ class KafkaSettings(_Section):
     readings_topic: str = "sensor-readings"
     events_topic: str = "sensor-anomalies"
     dead_letter_topic: str = "sensor-readings-dead-letter"
+    state_topic: str = Field(
+        "sensor-monitor-state", description="compacted topic of per-partition detector snapshots"
+    )
+    models_topic: str = Field(
+        "sensor-monitor-models", description="compacted topic announcing promoted models"
+    )
     group_id: str = "sensor-monitor"
     client_id: str = "sensor-monitor"
     # A few seconds, not kafka-python's 45 s: brokers (the embedded one especially) hold a group
@@ -49,6 +110,11 @@ class KafkaSettings(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     partitions: int = Field(4, ge=1, description="partitions of topics the monitor creates")
     replication_factor: int = Field(1, ge=1)
+    # State snapshot + offset commit this often: duplicates after a crash are bounded by it.
+    commit_interval_s: float = Field(5.0, gt=0, le=3600)
+    # At start, retry reaching the broker with back-off for this long before giving up.
+    connect_timeout_s: float = Field(60.0, ge=0, le=3600)
+    security: SecuritySettings = SecuritySettings()
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> KafkaSettings:
@@ -104,6 +170,14 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     detector: DetectorSettings = DetectorSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    http_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
+    http_port: int | None = Field(
+        8000, ge=0, le=65535, description="0 = any free port; null = no HTTP endpoint"
+    )
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="a graceful stop that takes longer is cut short"
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -7,19 +7,22 @@ expect and then stay a little longer, to see anything unexpected too.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]
+) -> Counter[int]:
+    """Produce and wait for every acknowledgement; return the record count per partition."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
     try:
         futures = [producer.send(topic, key=k, value=v) for k, v in records]
-        producer.flush(timeout=30)
-        for f in futures:
-            f.get(timeout=0)
+        producer.flush(timeout=60)
+        return Counter(f.get(timeout=0).partition for f in futures)
     finally:
         producer.close()
 

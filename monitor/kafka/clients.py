@@ -6,14 +6,39 @@ from typing import Any
 
 from monitor.settings import Settings
 
-__all__ = ["admin_config", "consumer_config", "producer_config"]
+__all__ = ["admin_config", "consumer_config", "producer_config", "security_config"]
 
 
 def _common(settings: Settings) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
         "client_id": settings.kafka.client_id,
+        # Bound each attempt to reach the cluster; the daemon retries with back-off around it.
+        "bootstrap_timeout_ms": 5000,
     }
+    config.update(security_config(settings))
+    return config
+
+
+def security_config(settings: Settings) -> dict[str, Any]:
+    """kafka-python's SSL/SASL arguments. Contains secrets: never log it."""
+    sec = settings.kafka.security
+    config: dict[str, Any] = {"security_protocol": sec.protocol}
+    if sec.protocol in ("SSL", "SASL_SSL"):
+        config.update(
+            ssl_check_hostname=sec.ssl_check_hostname,
+            ssl_cafile=str(sec.ssl_cafile) if sec.ssl_cafile else None,
+            ssl_certfile=str(sec.ssl_certfile) if sec.ssl_certfile else None,
+            ssl_keyfile=str(sec.ssl_keyfile) if sec.ssl_keyfile else None,
+            ssl_password=sec.secret("ssl_password"),
+        )
+    if sec.protocol.startswith("SASL"):
+        config.update(
+            sasl_mechanism=sec.sasl_mechanism,
+            sasl_plain_username=sec.sasl_username,
+            sasl_plain_password=sec.secret("sasl_password"),
+        )
+    return config
 
 
 def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:

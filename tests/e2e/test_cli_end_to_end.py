@@ -39,6 +39,8 @@ def _env(settings: Settings) -> dict[str, str]:
         MONITOR_KAFKA__EVENTS_TOPIC=k.events_topic,
         MONITOR_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
         MONITOR_KAFKA__GROUP_ID=k.group_id,
+        MONITOR_KAFKA__STATE_TOPIC=k.state_topic,
+        MONITOR_KAFKA__MODELS_TOPIC=k.models_topic,
         MONITOR_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
         MONITOR_KAFKA__HEARTBEAT_INTERVAL_MS=str(k.heartbeat_ms),
         OMP_NUM_THREADS="1",

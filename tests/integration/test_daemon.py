@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import numpy as np
-import pytest
 
-import models
 from models.base import Autoencoder
 from monitor.daemon import Daemon
 from monitor.formats import encode_reading
 from monitor.kafka import ensure_topics
-from monitor.pipeline import Detector
 from monitor.records import Reading
 from monitor.settings import Settings
+from tests.integration.conftest import STEP, T0, sine
 from tests.kafka_helpers import produce, read_topic
-
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-STEP = timedelta(minutes=5)
-PERIOD = 48
-
-
-def _sine(steps: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(steps)
-    return (10 + 3 * np.sin(2 * np.pi * t / PERIOD) + rng.normal(0, 0.05, steps)).astype(float)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Autoencoder:
-    model = models.build(
-        "lstm", channels=("value",), window=16, epochs=15, hidden_size=16, latent_size=4
-    )
-    model.fit(_sine(1200, seed=1)[:, None], seed=0)
-    model.save(tmp_path_factory.mktemp("model") / "v1")
-    return model
 
 
 def _readings(values: np.ndarray, entity: str) -> list[tuple[bytes, bytes]]:
@@ -62,13 +40,13 @@ def test_daemon_scores_dead_letters_and_commits(
 ) -> None:
     ensure_topics(kafka_settings)
     k = kafka_settings.kafka
-    values = _sine(600, seed=2)
+    values = sine(600, seed=2)
     values[400:406] += 12.0  # a spike no normal window resembles
     good = _readings(values, "e1")
     records = good[:100] + BAD[:3] + good[100:300] + BAD[3:] + good[300:]
     produce(kafka_settings.bootstrap, k.readings_topic, records)
 
-    stats = Daemon(kafka_settings, Detector(tiny_model), idle_stop_s=2.0).run()
+    stats = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
 
     assert stats.readings_in == len(records)
     assert stats.readings_in == stats.readings_accepted + sum(stats.dead_letters.values())
@@ -106,5 +84,5 @@ def test_daemon_scores_dead_letters_and_commits(
     assert all(e["data"]["model_version"] == tiny_model.version for e in events)
 
     # Offsets were committed: the same group, restarted, has nothing left to read.
-    again = Daemon(kafka_settings, Detector(tiny_model), idle_stop_s=2.0).run()
+    again = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
     assert again.readings_in == 0
