@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -250,6 +250,18 @@ class _EntityEpisodes:
         )
 
 
+def _check_snapshot(config: EpisodeConfig, snapshot: Mapping[str, Any]) -> None:
+    if snapshot.get("version") != _SNAPSHOT_VERSION:
+        raise ValueError(
+            f"episodes snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
+        )
+    if EpisodeConfig.from_dict(snapshot["config"]) != config:
+        raise ValueError(
+            f"episodes snapshot was taken with another config: {snapshot['config']}, "
+            f"not {config.to_dict()}"
+        )
+
+
 class Episodes:
     """Alarm episodes of all entities (see the module docstring for the state machine).
 
@@ -386,13 +398,31 @@ class Episodes:
             top_steps=state.peak.top_steps,
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        """The full state as a JSON-serialisable dict."""
+    def forget(self, entities: Iterable[str]) -> None:
+        """Drop these entities' state (e.g. their partition was revoked)."""
+        for name in entities:
+            self._entities.pop(name, None)
+
+    def snapshot(self, entities: Iterable[str] | None = None) -> dict[str, Any]:
+        """The state as a JSON-serialisable dict; ``entities`` limits it to those entities."""
+        names = list(self._entities) if entities is None else entities
         return {
             "version": _SNAPSHOT_VERSION,
             "config": self.config.to_dict(),
-            "entities": {name: state.to_dict() for name, state in self._entities.items()},
+            "entities": {
+                name: self._entities[name].to_dict() for name in names if name in self._entities
+            },
         }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Take over the entities of a snapshot (same config), replacing their state here.
+
+        Raises:
+            ValueError: as :meth:`from_snapshot`.
+        """
+        _check_snapshot(self.config, snapshot)
+        for name, data in snapshot["entities"].items():
+            self._entities[name] = _EntityEpisodes.from_dict(data, self.config.open_within)
 
     @classmethod
     def from_snapshot(cls, config: EpisodeConfig, snapshot: Mapping[str, Any]) -> Episodes:
@@ -401,15 +431,7 @@ class Episodes:
         Raises:
             ValueError: the snapshot is of another version or was taken with another config.
         """
-        if snapshot.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(
-                f"episodes snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
-            )
-        if EpisodeConfig.from_dict(snapshot["config"]) != config:
-            raise ValueError(
-                f"episodes snapshot was taken with another config: {snapshot['config']}, "
-                f"not {config.to_dict()}"
-            )
+        _check_snapshot(config, snapshot)
         episodes = cls(config)
         episodes._entities = {
             name: _EntityEpisodes.from_dict(data, config.open_within)

@@ -14,7 +14,10 @@ The grid
     of a channel at a step is the mean of the readings of that channel inside the step (a faster
     sensor is averaged down to the interval). ``interval_s=None`` infers the interval per entity
     from its first readings (the median gap between its first four distinct timestamps, whose
-    earliest is then the anchor).
+    earliest is then the anchor). A stream whose timestamps jitter around their schedule should
+    set ``interval_s`` (an inferred interval takes the jitter of three gaps) and a ``grace_s`` of
+    about the jitter; a reading that lands in its neighbour's step leaves a one-step gap, which is
+    filled.
 
 Gaps and missing channels
     A channel missing for up to ``max_fill_steps`` consecutive steps is filled by linear
@@ -57,7 +60,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -318,6 +321,18 @@ class _Entity:
         return entity
 
 
+def _check_snapshot(config: WindowConfig, snapshot: Mapping[str, Any]) -> None:
+    if snapshot.get("version") != _SNAPSHOT_VERSION:
+        raise ValueError(
+            f"windower snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
+        )
+    if WindowConfig.from_dict(snapshot["config"]) != config:
+        raise ValueError(
+            f"windower snapshot was taken with another config: {snapshot['config']}, "
+            f"not {config.to_dict()}"
+        )
+
+
 class Windower:
     """Turns each entity's readings into event-time windows (see the module docstring).
 
@@ -360,14 +375,38 @@ class Windower:
             return None
         return _from_us(state.anchor_us), state.interval_us / 1_000_000
 
-    def snapshot(self) -> dict[str, Any]:
-        """The full state as a JSON-serialisable dict (``json.dumps`` works on it)."""
+    def forget(self, entities: Iterable[str]) -> None:
+        """Drop these entities' state (e.g. their partition was revoked); unknown names are
+        ignored. A forgotten entity starts afresh if it comes back."""
+        for name in entities:
+            self._entities.pop(name, None)
+
+    def snapshot(self, entities: Iterable[str] | None = None) -> dict[str, Any]:
+        """The state as a JSON-serialisable dict (``json.dumps`` works on it).
+
+        ``entities`` limits it to those entities (e.g. one partition's, for a partition move;
+        see :meth:`restore`); the default is all of them.
+        """
+        names = list(self._entities) if entities is None else entities
         return {
             "version": _SNAPSHOT_VERSION,
             "config": self.config.to_dict(),
             "counts": {a.value: n for a, n in self.counts.items()},
-            "entities": {name: state.to_dict() for name, state in self._entities.items()},
+            "entities": {
+                name: self._entities[name].to_dict() for name in names if name in self._entities
+            },
         }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Take over the entities of a snapshot (taken with the same config), replacing any
+        state this windower has for them; other entities and the counts are left alone.
+
+        Raises:
+            ValueError: as :meth:`from_snapshot`.
+        """
+        _check_snapshot(self.config, snapshot)
+        for name, data in snapshot["entities"].items():
+            self._entities[name] = _Entity.from_dict(data)
 
     @classmethod
     def from_snapshot(cls, config: WindowConfig, snapshot: Mapping[str, Any]) -> Windower:
@@ -377,15 +416,7 @@ class Windower:
             ValueError: the snapshot is of another version or was taken with another config
                 (its windows would not continue the same way).
         """
-        if snapshot.get("version") != _SNAPSHOT_VERSION:
-            raise ValueError(
-                f"windower snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
-            )
-        if WindowConfig.from_dict(snapshot["config"]) != config:
-            raise ValueError(
-                f"windower snapshot was taken with another config: {snapshot['config']}, "
-                f"not {config.to_dict()}"
-            )
+        _check_snapshot(config, snapshot)
         windower = cls(config)
         for name, count in snapshot["counts"].items():
             windower.counts[Admission(name)] = int(count)

@@ -219,3 +219,20 @@ def test_config_validation_names_the_field(kwargs: dict, field: str) -> None:
 def test_config_round_trips_through_a_dict() -> None:
     config = EpisodeConfig(open_after=2, severity_ratios=(1.2, 3.0, 5.0))
     assert EpisodeConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_partition_move_hands_over_some_entities() -> None:
+    stream = [decision(i, 3.0 if i % 7 < 4 else 0.5, entity=e) for i in range(40) for e in "xy"]
+    whole = Episodes(SMALL)
+    expected = [whole.learn_one(d) for d in stream]
+    old_owner = Episodes(SMALL)
+    for d in stream[:21]:
+        old_owner.learn_one(d)
+    assert old_owner.is_open("y")
+    new_owner = Episodes(SMALL)
+    new_owner.restore(json.loads(json.dumps(old_owner.snapshot(entities=["y"]))))
+    old_owner.forget(["y"])
+    assert not old_owner.is_open("y") and new_owner.is_open("y")
+    for d, events in zip(stream[21:], expected[21:], strict=True):
+        owner = old_owner if d.window.entity == "x" else new_owner
+        assert owner.learn_one(d) == events

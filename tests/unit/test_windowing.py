@@ -153,8 +153,7 @@ def test_first_reading_fixes_sorted_channels_and_others_are_wrong() -> None:
     windower = Windower(WindowConfig(length=2, interval_s=1.0))
     assert windower.learn_one(reading(0, {"b": 1.0, "a": 2.0})).admission is Admission.ACCEPTED
     assert (
-        windower.learn_one(reading(1, {"a": 1.0, "c": 2.0})).admission
-        is Admission.WRONG_CHANNELS
+        windower.learn_one(reading(1, {"a": 1.0, "c": 2.0})).admission is Admission.WRONG_CHANNELS
     )
     assert windower.learn_one(reading(1, {})).admission is Admission.WRONG_CHANNELS
     out = windower.learn_one(reading(1, {"a": 5.0, "b": 6.0}))
@@ -260,9 +259,9 @@ def test_snapshot_is_json_and_restores_exactly() -> None:
         restored = Windower.from_snapshot(config, json.loads(json.dumps(first.snapshot())))
         got += [restored.learn_one(r) for r in stream[cut:]]
         assert [o.admission for o in got] == [o.admission for o in expected]
-        assert [[(w.entity, w.start, w.end, w.values.tolist()) for w in o.windows] for o in got] == [
-            [(w.entity, w.start, w.end, w.values.tolist()) for w in o.windows] for o in expected
-        ]
+        assert [
+            [(w.entity, w.start, w.end, w.values.tolist()) for w in o.windows] for o in got
+        ] == [[(w.entity, w.start, w.end, w.values.tolist()) for w in o.windows] for o in expected]
         assert restored.counts == whole.counts
 
 
@@ -296,3 +295,22 @@ def test_config_round_trips_through_a_dict() -> None:
     assert WindowConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="lenght"):
         WindowConfig.from_dict({"lenght": 3})
+
+
+def test_partition_move_hands_over_some_entities() -> None:
+    config = WindowConfig(length=3, interval_s=1.0, grace_s=1.0)
+    stream = [reading(t, float(t), entity=e) for t in range(20) for e in ("x", "y")]
+    whole = Windower(config)
+    expected = [whole.learn_one(r) for r in stream]
+    old_owner = Windower(config)
+    for r in stream[:15]:
+        old_owner.learn_one(r)
+    new_owner = Windower(config)
+    new_owner.restore(json.loads(json.dumps(old_owner.snapshot(entities=["y"]))))
+    old_owner.forget(["y"])
+    assert old_owner.entities() == ["x"] and new_owner.entities() == ["y"]
+    for r, out in zip(stream[15:], expected[15:], strict=True):
+        owner = old_owner if r.entity == "x" else new_owner
+        got = owner.learn_one(r)
+        assert got.admission is out.admission
+        assert [w.values.tolist() for w in got.windows] == [w.values.tolist() for w in out.windows]
