@@ -148,9 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(
-            level=settings.log_level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        from monitor.observability import configure_logging
+
+        quiet = args.command == "demo" and args.log_level is None
+        configure_logging(
+            "WARNING" if quiet else settings.log_level,
+            json_format=settings.log_format == "json",
             stream=sys.stderr,
         )
         return int(COMMANDS[args.command](args, settings) or 0)
@@ -263,18 +266,36 @@ def print_event(event: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import contextlib
+
     from monitor.daemon import Daemon
+    from monitor.observability import HealthServer, Metrics
 
     model, config = load_serving(settings)
-    daemon = Daemon(
-        settings,
-        model,
-        config,
-        on_event=print_event if args.print_events else None,
-        idle_stop_s=args.until_idle,
-    )
-    daemon.install_signal_handlers()
-    stats = daemon.run()
+    metrics = Metrics()
+    with contextlib.ExitStack() as stack:
+        health = None
+        if settings.http_port is not None:
+            health = HealthServer(
+                metrics,
+                host=settings.http_host,
+                port=settings.http_port,
+                ready=lambda: daemon.ready,
+                stale_after_s=max(60.0, 4 * settings.kafka.session_timeout_ms / 1000),
+            )
+            stack.enter_context(health)
+            log.info("metrics and health on http://%s:%d/", settings.http_host, health.port)
+        daemon = Daemon(
+            settings,
+            model,
+            config,
+            on_event=print_event if args.print_events else None,
+            idle_stop_s=args.until_idle,
+            metrics=metrics,
+            heartbeat=health.beat if health is not None else None,
+        )
+        daemon.install_signal_handlers()
+        stats = daemon.run()
     print(stats.summary(), flush=True)
     return 0
 
@@ -309,7 +330,9 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    from monitor.observability import mask_secrets
+
+    print(json.dumps(mask_secrets(settings.model_dump(mode="json")), indent=2))
     return 0
 
 

@@ -37,6 +37,7 @@ from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_to_cloudevent
 from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics, producer_config
 from monitor.kafka.state import PartitionState, StateStore
+from monitor.observability import Metrics
 from monitor.pipeline import Detector, DetectorConfig, process_together
 from monitor.records import Reading
 from monitor.settings import Settings
@@ -79,8 +80,8 @@ class Daemon:
     ``on_event`` is called with each event's CloudEvents object once it is acknowledged (the
     demo prints them). ``idle_stop_s`` stops the loop once no reading has arrived for that long
     after partitions were assigned: for the demo and tests, which replay a finite stream.
-    ``observer`` (see ``monitor.observability``) receives metrics; it is optional so that the
-    core loop does not depend on it.
+    ``metrics`` (``monitor.observability.Metrics``) and ``heartbeat`` (called every loop
+    iteration, e.g. ``HealthServer.beat``) are optional, so that tests can run the loop bare.
     """
 
     def __init__(
@@ -91,14 +92,16 @@ class Daemon:
         *,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         idle_stop_s: float | None = None,
-        observer: Any = None,
+        metrics: Metrics | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
         self.config = (config or DetectorConfig()).for_model(model)
         self.on_event = on_event
         self.idle_stop_s = idle_stop_s
-        self.observer = observer
+        self.metrics = metrics
+        self.heartbeat = heartbeat
         self.stats = DaemonStats()
         self.detectors: dict[TopicPartition, Detector] = {}
         self._positions: dict[TopicPartition, int] = {}
@@ -155,6 +158,8 @@ class Daemon:
             dead_letter_topic=k.dead_letter_topic,
             source=self.settings.source,
         )
+        if self.metrics is not None:
+            self.metrics.set_model(self.model.version, self.model.kind)
         consumer.subscribe([k.readings_topic], listener=_Listener(self))
         log.info(
             "daemon started: group %s on %s, model %s",
@@ -167,8 +172,8 @@ class Daemon:
         try:
             while not self._stop.is_set():
                 self._maybe_swap_model()
-                if self.observer is not None:
-                    self.observer.beat()
+                if self.heartbeat is not None:
+                    self.heartbeat()
                 batch = consumer.poll(timeout_ms=k.poll_timeout_ms)
                 now = time.monotonic()
                 if batch:
@@ -195,6 +200,8 @@ class Daemon:
                     self._checkpoint(self._dirty)
             finally:
                 self.ready = False
+                if self.metrics is not None:
+                    self.metrics.set_up(False)
                 consumer.close(autocommit=False)
                 state.close()
                 producer.close(timeout=10)
@@ -269,8 +276,8 @@ class Daemon:
         self.stats.windows_scored += windows
         self.stats.events_out += len(events)
         self.stats.dead_letters.update(d.reason for d in dead)
-        if self.observer is not None:
-            self.observer.record_batch(
+        if self.metrics is not None:
+            self.metrics.record_batch(
                 readings=received,
                 windows=windows,
                 events=Counter(e.kind.value for e in events),
@@ -347,7 +354,7 @@ class Daemon:
             self.detectors.pop(tp, None)
             self._positions.pop(tp, None)
             self._dirty.discard(tp)
-        self.ready = bool(self.detectors)
+        self._partitions_changed()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     def _on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -377,12 +384,17 @@ class Daemon:
                 self._positions[tp] = snap.next_offset
                 consumer.seek(tp, snap.next_offset)
                 restored.append(partition)
-        self.ready = bool(self.detectors)
+        self._partitions_changed()
         log.info(
             "partitions assigned: %s (state restored for %s)",
             sorted(tp.partition for tp in assigned),
             sorted(restored),
         )
+
+    def _partitions_changed(self) -> None:
+        self.ready = bool(self.detectors)
+        if self.metrics is not None:
+            self.metrics.set_assigned_partitions(len(self.detectors))
 
     # -- models and lag ----------------------------------------------------------------------
 
@@ -399,11 +411,11 @@ class Daemon:
         log.info("model swapped: %s -> %s", self.model.version, model.version)
         self.model = model
         self.stats.model_swaps += 1
-        if self.observer is not None:
-            self.observer.set_model(model.version, model.kind)
+        if self.metrics is not None:
+            self.metrics.set_model(model.version, model.kind)
 
     def _report_lag(self, consumer: KafkaConsumer) -> None:
-        if self.observer is None:
+        if self.metrics is None:
             return
         lags: dict[tuple[str, int], int] = {}
         for tp in consumer.assignment():
@@ -411,14 +423,14 @@ class Daemon:
             position = self._positions.get(tp)
             if high is not None and position is not None:
                 lags[(tp.topic, tp.partition)] = max(0, high - position)
-        self.observer.set_lag(lags)
+        self.metrics.set_lag(lags)
         thresholds = [
             t.value
             for d in self.detectors.values()
             for t in d.thresholds.values()
             if t.value is not None
         ]
-        self.observer.set_thresholds(self.model.version, thresholds)
+        self.metrics.set_thresholds(self.model.version, thresholds)
 
 
 class _Listener(ConsumerRebalanceListener):

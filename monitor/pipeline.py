@@ -155,7 +155,10 @@ class Detector:
                 channel_errors=scores.channel[i],
                 step_errors=scores.step[i],
             )
-            if not anomalous and not self.episodes.is_open(window.entity):
+            if anomalous:
+                # Tells the threshold a score exceeded it without teaching it the score itself.
+                threshold.learn_anomalous(score)
+            elif not self.episodes.is_open(window.entity):
                 threshold.learn_one(score)
             out.decisions.append(decision)
             out.events.extend(self.episodes.learn_one(decision))
