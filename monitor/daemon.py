@@ -36,7 +36,7 @@ from models.base import Autoencoder
 from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_to_cloudevent
 from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics, producer_config
-from monitor.kafka.state import PartitionState, StateStore
+from monitor.kafka.state import PartitionState, StateStore, key_digest
 from monitor.observability import Metrics
 from monitor.pipeline import Detector, DetectorConfig, process_together
 from monitor.records import Reading
@@ -105,7 +105,9 @@ class Daemon:
         self.stats = DaemonStats()
         self.detectors: dict[TopicPartition, Detector] = {}
         self._positions: dict[TopicPartition, int] = {}
+        self._last_record: dict[TopicPartition, tuple[int, str]] = {}
         self._dirty: set[TopicPartition] = set()
+        self._unchecked: list[TopicPartition] = []
         self._stop = threading.Event()
         self._pending_model: Autoencoder | None = None
         self._model_lock = threading.Lock()
@@ -152,11 +154,12 @@ class Daemon:
         self._consumer = consumer
         state = self._state = StateStore(self.settings, producer)
         state.ensure_topic()
-        publisher = Publisher(
+        publisher = self._publisher = Publisher(
             producer,
             events_topic=k.events_topic,
             dead_letter_topic=k.dead_letter_topic,
             source=self.settings.source,
+            timeout_s=15.0,
         )
         if self.metrics is not None:
             self.metrics.set_model(self.model.version, self.model.kind)
@@ -175,6 +178,12 @@ class Daemon:
                 if self.heartbeat is not None:
                     self.heartbeat()
                 batch = consumer.poll(timeout_ms=k.poll_timeout_ms)
+                if self._unchecked:
+                    try:
+                        for tp in self._check_committed(consumer, state):
+                            batch.pop(tp, None)  # fetched from a stale offset: re-read
+                    except KafkaError as exc:
+                        log.warning("could not check committed offsets (%s)", exc)
                 now = time.monotonic()
                 if batch:
                     self._handle(batch, publisher)
@@ -204,7 +213,7 @@ class Daemon:
                     self.metrics.set_up(False)
                 consumer.close(autocommit=False)
                 state.close()
-                producer.close(timeout=10)
+                publisher.producer.close(timeout=10)
                 log.info("daemon stopped: %s", self.stats.summary())
         return self.stats
 
@@ -267,7 +276,9 @@ class Daemon:
         self._publish_with_retry(publisher, events, dead)
         for tp, records in batch.items():
             if records and tp in self.detectors:
-                self._positions[tp] = records[-1].offset + 1
+                last = records[-1]
+                self._positions[tp] = last.offset + 1
+                self._last_record[tp] = (last.timestamp, key_digest(last.key))
                 self._dirty.add(tp)
 
         self.stats.batches += 1
@@ -310,14 +321,29 @@ class Daemon:
             if self._stop.wait(delay_s):
                 raise _Stopping()
             delay_s = min(delay_s * 2, 10.0)
-            # A broker that lost its topics (a restarted memory store) needs them again.
+            # A restarted broker may have lost the topics and forgotten our idempotent producer
+            # id (it then refuses our sequence numbers forever): re-create both. What was sent
+            # before is sent again, with the same event ids.
             with contextlib.suppress(KafkaError, BrokerError):
                 ensure_topics(self.settings)
+                self._replace_producer(publisher)
+
+    def _replace_producer(self, publisher: Publisher) -> None:
+        old = publisher.producer
+        publisher.producer = KafkaProducer(**producer_config(self.settings))
+        if self._state is not None:
+            self._state.producer = publisher.producer
+        old.close(timeout=0)
 
     # -- state -----------------------------------------------------------------------------
 
-    def _checkpoint(self, partitions: Iterable[TopicPartition]) -> None:
-        """Snapshot the partitions' detectors with their next offsets, then commit those."""
+    def _checkpoint(self, partitions: Iterable[TopicPartition], *, blocking: bool = True) -> None:
+        """Snapshot the partitions' detectors with their next offsets, then commit those.
+
+        Inside a rebalance callback (kafka-python's IO thread) the commit cannot block; it is
+        sent asynchronously there. The snapshot, written by the producer, is what a new owner
+        resumes from in any case.
+        """
         tps = [tp for tp in partitions if tp in self.detectors and tp in self._positions]
         self._last_checkpoint = time.monotonic()
         if not tps or self._state is None or self._consumer is None:
@@ -329,14 +355,22 @@ class Daemon:
                 next_offset=self._positions[tp],
                 model_version=self.model.version,
                 detector=self.detectors[tp].snapshot(),
+                last_timestamp_ms=self._last_record.get(tp, (None, None))[0],
+                last_key_digest=self._last_record.get(tp, (None, None))[1],
             )
             for tp in tps
         ]
         try:
             self._state.write(states)
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(self._positions[tp], "", -1) for tp in tps}
-            )
+            # The commit carries the same fingerprint as the snapshot, so that a commit that
+            # reached a broker which has since re-created the topic can be recognised.
+            offsets = {
+                tp: OffsetAndMetadata(self._positions[tp], self._fingerprint(tp), -1) for tp in tps
+            }
+            if blocking:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets)
         except CommitFailedError as exc:
             # The group moved on (e.g. we were too slow); the snapshot we wrote lets the new
             # owner resume exactly where we stopped.
@@ -347,12 +381,50 @@ class Daemon:
         self._dirty.difference_update(tps)
         self.stats.checkpoints += 1
 
+    def _fingerprint(self, tp: TopicPartition) -> str:
+        timestamp, digest = self._last_record.get(tp, (None, None))
+        return f"{timestamp}/{digest}" if timestamp is not None else ""
+
+    def _check_committed(self, consumer: KafkaConsumer, store: StateStore) -> list[TopicPartition]:
+        """Without a snapshot, the consumer resumes from the committed offset; make sure that
+        offset belongs to this incarnation of the topic, else read the partition from its
+        beginning. Returns the partitions reset. Runs in the loop, not in the rebalance
+        callback, because fetching committed offsets blocks."""
+        tps = [tp for tp in self._unchecked if tp in self.detectors]
+        self._unchecked = []
+        if not tps:
+            return []
+        claimed: dict[int, PartitionState] = {}
+        for tp in tps:
+            committed = consumer.committed(tp, metadata=True)
+            if committed is None or committed.offset <= 0:
+                continue
+            stamp, _, digest = (committed.metadata or "").partition("/")
+            claimed[tp.partition] = PartitionState(
+                topic=tp.topic,
+                partition=tp.partition,
+                next_offset=committed.offset,
+                model_version="",
+                detector={},
+                last_timestamp_ms=int(stamp) if stamp.lstrip("-").isdigit() else None,
+                last_key_digest=digest or None,
+            )
+        good = store.verify(claimed)
+        reset = [TopicPartition(tps[0].topic, p) for p in sorted(set(claimed) - set(good))]
+        for tp in reset:
+            log.warning(
+                "committed offset of %s does not match its records: reading it from the start", tp
+            )
+            consumer.seek_to_beginning(tp)
+        return reset
+
     def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = [tp for tp in revoked if tp in self.detectors]
-        self._checkpoint([tp for tp in revoked if tp in self._dirty])
+        self._checkpoint([tp for tp in revoked if tp in self._dirty], blocking=False)
         for tp in revoked:
             self.detectors.pop(tp, None)
             self._positions.pop(tp, None)
+            self._last_record.pop(tp, None)
             self._dirty.discard(tp)
         self._partitions_changed()
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
@@ -367,23 +439,28 @@ class Daemon:
         restored = []
         for topic, partitions in by_topic.items():
             try:
-                snapshots = store.read(topic, partitions)
+                snapshots = store.verify(store.read(topic, partitions))
             except KafkaError as exc:
                 log.warning("could not read the state topic (%s); starting those fresh", exc)
                 snapshots = {}
+            fresh = []
             for partition in partitions:
                 tp = TopicPartition(topic, partition)
                 snap = snapshots.get(partition)
                 if snap is None:
                     self.detectors[tp] = Detector(self.model, self.config)
+                    fresh.append(tp)
                     continue
                 detector = Detector.from_snapshot(self.model, self.config, snap.detector)
                 if snap.model_version != self.model.version:
                     detector.swap_model(self.model)  # thresholds re-warm for this model
                 self.detectors[tp] = detector
                 self._positions[tp] = snap.next_offset
+                if snap.last_timestamp_ms is not None and snap.last_key_digest is not None:
+                    self._last_record[tp] = (snap.last_timestamp_ms, snap.last_key_digest)
                 consumer.seek(tp, snap.next_offset)
                 restored.append(partition)
+            self._unchecked.extend(fresh)
         self._partitions_changed()
         log.info(
             "partitions assigned: %s (state restored for %s)",

@@ -13,8 +13,11 @@ def _common(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in settings.bootstrap.split(",") if s.strip()],
         "client_id": settings.kafka.client_id,
-        # Bound each attempt to reach the cluster; the daemon retries with back-off around it.
-        "bootstrap_timeout_ms": 5000,
+        # Bound each attempt to reach the cluster (a third of the start-up budget, 1 to 5 s);
+        # the daemon retries with back-off around it.
+        "bootstrap_timeout_ms": int(
+            1000 * min(5.0, max(1.0, settings.kafka.connect_timeout_s / 3))
+        ),
     }
     config.update(security_config(settings))
     return config

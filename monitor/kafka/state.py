@@ -8,12 +8,19 @@ writing a snapshot and committing its offset.
 
 The value is zlib-compressed JSON. The reader never trusts end offsets (the embedded broker
 answers them wrongly): it reads until the topic stays quiet for a moment and keeps the last
-value per key, which is also what compaction would leave.
+value per key, which is also what compaction would leave. It reads the topic afresh at every
+assignment rather than trusting a cache, so that a broker that lost its topics (the embedded
+broker's memory store after a restart) cannot hand back a snapshot of a topic that is gone.
+
+Each snapshot also names the last record it covered (offset, timestamp, key digest);
+:meth:`StateStore.verify` checks that the readings partition still holds that record at that
+offset, which rejects snapshots of an earlier incarnation of a re-created topic.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -28,10 +35,10 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
 from monitor.errors import BrokerError
-from monitor.kafka.clients import admin_config
+from monitor.kafka.clients import admin_config, consumer_config
 from monitor.settings import Settings
 
-__all__ = ["PartitionState", "StateStore"]
+__all__ = ["PartitionState", "StateStore", "key_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class PartitionState:
     next_offset: int
     model_version: str
     detector: Mapping[str, Any]
+    last_timestamp_ms: int | None = None
+    last_key_digest: str | None = None
 
     @property
     def key(self) -> bytes:
@@ -62,6 +71,8 @@ class PartitionState:
             "next_offset": self.next_offset,
             "model_version": self.model_version,
             "detector": self.detector,
+            "last_timestamp_ms": self.last_timestamp_ms,
+            "last_key_digest": self.last_key_digest,
         }
         return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), level=6)
 
@@ -76,7 +87,14 @@ class PartitionState:
             next_offset=int(body["next_offset"]),
             model_version=body["model_version"],
             detector=body["detector"],
+            last_timestamp_ms=body.get("last_timestamp_ms"),
+            last_key_digest=body.get("last_key_digest"),
         )
+
+
+def key_digest(key: bytes | None) -> str:
+    """A short, stable digest of a record key, for snapshot fingerprints."""
+    return hashlib.sha256(key or b"").hexdigest()[:16]
 
 
 class StateStore:
@@ -86,8 +104,6 @@ class StateStore:
         self.settings = settings
         self.topic = settings.kafka.state_topic
         self.producer = producer
-        self._latest: dict[bytes, bytes] = {}
-        self._reader: KafkaConsumer | None = None
 
     def ensure_topic(self) -> None:
         """Create the compacted state topic if it is missing."""
@@ -116,11 +132,9 @@ class StateStore:
 
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one."""
-        futures = []
-        for state in states:
-            value = state.encode()
-            self._latest[state.key] = value
-            futures.append(self.producer.send(self.topic, key=state.key, value=value))
+        futures = [
+            self.producer.send(self.topic, key=state.key, value=state.encode()) for state in states
+        ]
         if not futures:
             return
         self.producer.flush(timeout=timeout_s)
@@ -131,10 +145,10 @@ class StateStore:
         self, topic: str, partitions: Iterable[int], quiet_s: float = 0.5
     ) -> dict[int, PartitionState]:
         """The latest snapshot of each of the given readings partitions, where there is one."""
-        self._catch_up(quiet_s)
+        latest = self._read_all(quiet_s)
         found: dict[int, PartitionState] = {}
         for partition in partitions:
-            value = self._latest.get(f"{topic}/{partition}".encode())
+            value = latest.get(f"{topic}/{partition}".encode())
             if value is None:
                 continue
             try:
@@ -143,39 +157,80 @@ class StateStore:
                 log.warning("ignoring unreadable snapshot of %s/%s: %s", topic, partition, exc)
         return found
 
-    def _catch_up(self, quiet_s: float) -> None:
-        reader = self._reader
-        if reader is None:
-            reader = KafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap.split(","),
-                client_id=f"{self.settings.kafka.client_id}-state",
-                enable_auto_commit=False,
-                group_id=None,
-                fetch_max_bytes=MAX_STATE_BYTES,
-                max_partition_fetch_bytes=MAX_STATE_BYTES,
-            )
-            partitions = reader.partitions_for_topic(self.topic) or {0}
+    def _read_all(self, quiet_s: float) -> dict[bytes, bytes]:
+        reader = self._consumer(
+            fetch_max_bytes=MAX_STATE_BYTES, max_partition_fetch_bytes=MAX_STATE_BYTES
+        )
+        latest: dict[bytes, bytes] = {}
+        try:
+            partitions = reader.partitions_for_topic(self.topic)
+            if not partitions:
+                return latest
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             reader.assign(tps)
             reader.seek_to_beginning(*tps)
-            self._reader = reader
-        quiet_until = time.monotonic() + quiet_s
-        while time.monotonic() < quiet_until:
-            batch = reader.poll(timeout_ms=100)
-            for records in batch.values():
-                for record in records:
-                    if record.key is not None and record.value is not None:
-                        self._latest[record.key] = record.value
-                quiet_until = time.monotonic() + quiet_s
+            quiet_until = time.monotonic() + quiet_s
+            while time.monotonic() < quiet_until:
+                for records in reader.poll(timeout_ms=100).values():
+                    for record in records:
+                        if record.key is not None and record.value is not None:
+                            latest[record.key] = record.value
+                    quiet_until = time.monotonic() + quiet_s
+        finally:
+            reader.close()
+        return latest
 
-    def forget(self) -> None:
-        """Drop the cached view, e.g. after the broker lost its topics."""
-        self._latest.clear()
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+    def verify(
+        self, snapshots: Mapping[int, PartitionState], timeout_s: float = 3.0
+    ) -> dict[int, PartitionState]:
+        """The snapshots whose last covered record is still in place in its partition."""
+        good = {p: s for p, s in snapshots.items() if s.next_offset == 0}
+        checkable = {p: s for p, s in snapshots.items() if s.next_offset > 0}
+        if not checkable:
+            return good
+        reader = self._consumer()
+        try:
+            tps = {p: TopicPartition(s.topic, p) for p, s in checkable.items()}
+            reader.assign(list(tps.values()))
+            for p, s in checkable.items():
+                reader.seek(tps[p], s.next_offset - 1)
+            pending = set(checkable)
+            deadline = time.monotonic() + timeout_s
+            while pending and time.monotonic() < deadline:
+                for tp, records in reader.poll(timeout_ms=100).items():
+                    if tp.partition not in pending or not records:
+                        continue
+                    pending.discard(tp.partition)
+                    reader.pause(tp)
+                    snap, first = checkable[tp.partition], records[0]
+                    if (
+                        first.offset == snap.next_offset - 1
+                        and first.timestamp == snap.last_timestamp_ms
+                        and key_digest(first.key) == snap.last_key_digest
+                    ):
+                        good[tp.partition] = snap
+                    else:
+                        log.warning(
+                            "checkpoint of %s does not match the partition's records (topic "
+                            "re-created?): not resuming from it",
+                            tp,
+                        )
+            for p in pending:
+                log.warning("checkpoint of partition %s could not be verified: not using it", p)
+        finally:
+            reader.close()
+        return good
+
+    def _consumer(self, **overrides: Any) -> KafkaConsumer:
+        return KafkaConsumer(
+            **consumer_config(
+                self.settings,
+                client_id=f"{self.settings.kafka.client_id}-state",
+                group_id=None,
+                auto_offset_reset="earliest",
+                **overrides,
+            )
+        )
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        """Nothing stays open between reads; kept so that every edge closes the same way."""
