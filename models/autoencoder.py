@@ -41,7 +41,7 @@ class TorchAutoencoder(Autoencoder):
     and per step.
     """
 
-    kind: ClassVar[str] = ""
+    kind: str = ""
     config_class: ClassVar[type[AutoencoderConfig]] = AutoencoderConfig
     #: Whether int8 dynamic quantisation is used when ``inference == "auto"``: set per variant
     #: from the measurements of ``bench/bench_models.py``.
@@ -114,18 +114,24 @@ class TorchAutoencoder(Autoencoder):
         n_fit = max(self.window, int(len(series) * (1 - self.config.validation_fraction)))
         scaler.fit(series[:n_fit])
         windows = sliding_windows(scaler.transform(series), self.window, self.config.train_stride)
+        previous = (self.network, self.scaler)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = self._build_network()
+            # Set before training: the report's validation scores use the model's scoring path.
             self.network, self.scaler, self._runtime = network, scaler, None
-            report = train(
-                network,
-                windows,
-                self.config,
-                seed=seed,
-                progress=progress,
-                scorer=lambda w: self._score_normalised(w)[0],
-            )
+            try:
+                report = train(
+                    network,
+                    windows,
+                    self.config,
+                    seed=seed,
+                    progress=progress,
+                    scorer=lambda w: self._score_normalised(w)[0],
+                )
+            except BaseException:
+                (self.network, self.scaler), self._runtime = previous, None
+                raise
         self.report, self.version = report, ""
         return report
 
@@ -184,6 +190,17 @@ class TorchAutoencoder(Autoencoder):
         )
         self.version = version
         return path
+
+    def with_inference(self, inference: str) -> Self:
+        """A twin sharing this model's weights, scaler and report, scoring with ``inference``.
+
+        For comparing runtimes ("eager", "int8") on the same weights without refitting. The twin
+        keeps ``version`` (same weights), but saving it records the new inference setting.
+        """
+        twin = type(self)(self.channels, self.config.replace(inference=inference))
+        twin.network, twin.scaler = self.network, self.scaler
+        twin.report, twin.version = self.report, self.version
+        return twin
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> Self:

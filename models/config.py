@@ -52,8 +52,11 @@ class AutoencoderConfig:
       sparsity_target      target mean activation (sigmoid of the code) for the "kl" penalty.
       grad_clip            max gradient norm (0 disables clipping).
       score_batch_size     windows per forward pass when scoring (chunking bounds memory).
-      inference            "auto" (int8 dynamic quantisation where measured faster, see
-                           ``bench/bench_models.py``), "eager" (float32) or "int8".
+      inference            runtime used by score/reconstruct: "eager" (float32), "int8" (dynamic
+                           quantisation of the LSTM and Linear layers) or "auto", the measured
+                           choice per variant. bench/bench_models.py found int8 2-3x slower for
+                           the LSTM and VAE at these sizes and faster for the dense model only
+                           at batches of 512, so "auto" is float32 everywhere for now.
     """
 
     window: int = 64

@@ -13,7 +13,7 @@ import torch
 
 import models
 from models import LSTMAutoencoder, LSTMAutoencoderConfig, ModelArtifactError, ModelConfigError
-from tests.models.conftest import CHANNELS, WINDOW, mean_predictor_error, sine_series
+from tests.models.signals import CHANNELS, WINDOW, mean_predictor_error, sine_series
 
 SMALL = {"latent_size": 8, "hidden_size": 32, "epochs": 25, "max_train_windows": 1024}
 

@@ -11,7 +11,7 @@ import pytest
 
 import models
 from models.autoencoder import TorchAutoencoder
-from tests.models.conftest import CHANNELS, WINDOW, mean_predictor_error
+from tests.models.signals import CHANNELS, WINDOW, mean_predictor_error
 
 KINDS = ["dense", "conv", "vae"]  # "lstm" has its own, more detailed module
 SMALL = {"latent_size": 8, "epochs": 25, "max_train_windows": 1024}
