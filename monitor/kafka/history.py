@@ -8,8 +8,9 @@ The reader does not trust the broker's offset answers. The embedded broker answe
 ``end_offsets`` and ``offsets_for_times`` wrongly, so:
 
 - a start offset from ``offsets_for_times`` is only used once verified: the reader starts one
-  record earlier and checks that this record exists and is older than ``since``; otherwise it
-  reads that partition from the beginning (correct, only slower);
+  record earlier and checks that this record comes back and is older than ``since``;
+  otherwise (another record, a newer one, or nothing within the quiet period) it reads that
+  partition from the beginning (correct, only slower);
 - the end of a partition is never taken from ``end_offsets``: a partition is finished once it
   has delivered nothing for a quiet period, or once it delivers a record produced after the
   read began (it has caught up with the live stream).
@@ -47,6 +48,7 @@ __all__ = [
     "RecentReadings",
     "announce",
     "ensure_compacted_topic",
+    "episodes_from_events",
     "latest_announcement",
     "read_recent",
     "recent_episodes",
@@ -55,6 +57,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The default of settings.kafka.models_topic, for callers without settings.
 DEFAULT_MODELS_TOPIC = "sensor-monitor-models"
 # Producers' clocks and batching: a record's timestamp may be a little older than its event time.
 RECORD_TIME_SLACK = timedelta(hours=1)
@@ -125,6 +128,7 @@ def read_recent(
     quiet_s: float = 1.5,
     timeout_s: float = 300.0,
     metadata_wait_s: float = 3.0,
+    clock_skew_s: float = 10.0,
 ) -> list[Any]:
     """Records of ``topic`` whose record timestamp is ``>= since``, oldest first.
 
@@ -132,7 +136,9 @@ def read_recent(
     finished (see the module docstring). At most ``max_records`` are returned: the newest by
     record timestamp. ``quiet_s``: seconds without a record after which a partition counts as
     read to its end; ``timeout_s`` bounds the whole read (what was read so far is returned,
-    with a warning). A missing topic gives an empty list.
+    with a warning). A partition also ends at a record stamped more than ``clock_skew_s``
+    after the read began (producers' clocks may run that far ahead): it was produced after
+    the read began, as is everything behind it. A missing topic gives an empty list.
 
     Returns kafka-python ConsumerRecords sorted by (timestamp, partition, offset).
     """
@@ -149,7 +155,7 @@ def read_recent(
         probes = _seek(consumer, tps, since_ms)
         for tp in tps:
             consumer.position(tp)  # resolves pending resets: the quiet clock starts connected
-        started_ms = int(time.time() * 1000)
+        caught_up_ms = int((time.time() + clock_skew_s) * 1000)
         kept: list[tuple[int, int, int, Any]] = []  # min-heap on timestamp: the newest survive
         last_seen = dict.fromkeys(tps, time.monotonic())
         active = set(tps)
@@ -186,10 +192,19 @@ def read_recent(
                             heapq.heappush(kept, item)
                         else:
                             heapq.heappushpop(kept, item)
-                if records[-1].timestamp > started_ms:
+                if records[-1].timestamp > caught_up_ms:
                     _finish(consumer, tp, active)  # caught up with the live stream
             for tp in list(active):
-                if now - last_seen[tp] >= quiet_s:
+                if now - last_seen[tp] < quiet_s:
+                    continue
+                if tp in probes:
+                    # Not even the record before the answer came back: the answer was past
+                    # the partition's end (or the broker is silent); it proves nothing.
+                    log.info("offsets_for_times answer for %s not verified; rereading", tp)
+                    del probes[tp]
+                    consumer.seek_to_beginning(tp)
+                    last_seen[tp] = now
+                else:
                     _finish(consumer, tp, active)
         return [item[3] for item in sorted(kept, key=lambda k: k[:3])]
     except KafkaError as exc:
@@ -403,12 +418,14 @@ def _announcement(record: Any) -> dict[str, Any] | None:
 
 
 def latest_announcement(
-    settings: Settings, topic: str = DEFAULT_MODELS_TOPIC, model_name: str | None = None
+    settings: Settings, topic: str | None = None, model_name: str | None = None
 ) -> dict[str, Any] | None:
     """The newest announcement on the models topic (of ``model_name`` if given), or None.
 
-    Reads the whole (compacted, small) topic; the last record per key wins.
+    ``topic`` defaults to ``settings.kafka.models_topic``. Reads the whole (compacted, small)
+    topic; the last record per key wins.
     """
+    topic = topic or settings.kafka.models_topic
     records = read_recent(settings, topic, _EPOCH, max_records=1_000_000)
     latest: dict[str, tuple[tuple[int, int, int], dict[str, Any] | None]] = {}
     for record in records:
@@ -439,8 +456,9 @@ class AnnouncementFeed:
     """
 
     def __init__(
-        self, settings: Settings, topic: str = DEFAULT_MODELS_TOPIC, model_name: str = "default"
+        self, settings: Settings, topic: str | None = None, model_name: str = "default"
     ) -> None:
+        topic = topic or settings.kafka.models_topic
         self.topic = topic
         self.model_name = model_name
         ensure_compacted_topic(settings, topic)
