@@ -7,6 +7,7 @@ settings also come from ``MONITOR_*`` environment variables (see ``monitor.setti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -98,6 +99,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-events", action="store_true", help="print each published event")
     _common(p)
     _topics(p)
+
+    p.add_argument("--retrain", action="store_true", help="run scheduled retraining in-process")
+    p = sub.add_parser("evaluate", help="replay CSV streams causally and score the detections")
+    p.add_argument("data", type=Path, help="a CSV or a folder of them")
+    p.add_argument("--out", type=Path, required=True, help="folder for the per-row outputs")
+    p.add_argument("--labels", type=Path, help="NAB windows JSON (default: found beside DATA)")
+    p.add_argument("--ignore-columns", nargs="*", default=[], help="label columns to skip")
+    p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
+    p.add_argument("--window", type=int, help="model.window")
+    p.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyper-parameter (repeatable)",
+    )
+    _common(p)
+
+    p = sub.add_parser("models", help="the model registry: list, show, register, promote, rollback")
+    p.add_argument("action", choices=["list", "show", "register", "promote", "rollback"])
+    p.add_argument("target", nargs="?", help="a version (show/promote) or a model dir (register)")
+    p.add_argument("--reason", default="by hand", help="recorded with promote/rollback")
+    p.add_argument("--no-announce", action="store_true", help="do not tell running daemons")
+    _common(p)
+
+    p = sub.add_parser("retrain", help="one retrain round now (for cron / Kubernetes CronJob)")
+    _common(p)
 
     p = sub.add_parser("demo", help="embedded broker + sample stream + daemon, events printed")
     p.add_argument("--stream", type=Path, help="a labelled CSV (default: a bundled NAB stream)")
@@ -241,9 +270,15 @@ def load_serving(settings: Settings) -> tuple[Any, Any]:
     from monitor.errors import ConfigError
     from monitor.pipeline import DetectorConfig
 
-    if settings.model.path is None:
-        raise ConfigError("model.path is not set: pass --model DIR or set MONITOR_MODEL__PATH")
-    model = models.load(settings.model.path)
+    if settings.model.path is not None:
+        model = models.load(settings.model.path)
+    elif _registry(settings).current() is not None:
+        model = _registry(settings).load()
+    else:
+        raise ConfigError(
+            "no model to serve: pass --model DIR (model.path) or promote one in the registry "
+            f"at {settings.registry.path} (registry.path)"
+        )
     d = settings.detector
     config = DetectorConfig.from_dicts(
         window=d.window,
@@ -266,8 +301,6 @@ def print_event(event: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    import contextlib
-
     from monitor.daemon import Daemon
     from monitor.observability import HealthServer, Metrics
 
@@ -295,9 +328,38 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             heartbeat=health.beat if health is not None else None,
         )
         daemon.install_signal_handlers()
+        if args.retrain:
+            stack.enter_context(_retraining(settings, daemon))
         stats = daemon.run()
     print(stats.summary(), flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def _retraining(settings: Settings, daemon: Any) -> Any:
+    """Scheduled retraining in this process, and the hot swap of announced models."""
+    from datetime import timedelta
+
+    from monitor.retraining import ModelFollower, RetrainJob, build_scheduler
+
+    registry = _registry(settings)
+    job = RetrainJob(settings, registry, settings.retrain.policy())
+    r = settings.retrain
+    scheduler = build_scheduler(
+        job,
+        interval=None if r.cron else timedelta(seconds=r.interval_s or 86_400.0),
+        cron=r.cron,
+    )
+    follower = ModelFollower(
+        settings, daemon.request_model, registry=registry, current_version=daemon.model.version
+    )
+    scheduler.start()
+    follower.start()
+    try:
+        yield
+    finally:
+        follower.stop()
+        scheduler.shutdown(wait=False)
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -311,6 +373,70 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         workdir=args.workdir,
         external_bootstrap=os.environ.get("MONITOR_BOOTSTRAP") or args.bootstrap,
     )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.evaluation import EvaluationConfig, evaluate_path, format_table
+
+    config = EvaluationConfig.from_settings(settings)
+    _, table = evaluate_path(
+        args.data,
+        args.out,
+        config,
+        labels=args.labels,
+        ignore_columns=args.ignore_columns,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_table(table))
+    return 0
+
+
+def _registry(settings: Settings) -> Any:
+    from monitor.registry import ModelRegistry
+
+    return ModelRegistry(settings.registry.path, keep=settings.registry.keep)
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.errors import ConfigError
+    from monitor.retraining import announce_version
+
+    registry = _registry(settings)
+    if args.action == "list":
+        current = registry.current()
+        for info in registry.versions():
+            mark = "*" if info.version == current else " "
+            print(f"{mark} {info.version}  created {info.created_at}  parent {info.parent}")
+        return 0
+    if args.action in ("show", "promote", "register") and not args.target:
+        raise ConfigError(f"monitor models {args.action} needs a version or directory")
+    if args.action == "show":
+        print(json.dumps(registry.show(args.target).to_dict(), indent=2, default=str))
+        return 0
+    if args.action == "register":
+        version = registry.register(Path(args.target), {"source": "registered by hand"})
+        print(version)
+        return 0
+    previous = registry.current()
+    if args.action == "promote":
+        registry.promote(args.target, args.reason)
+        version = args.target
+    else:
+        version = registry.rollback(args.reason)
+    if not args.no_announce:
+        announce_version(settings, registry, version, previous=previous, reason=args.reason)
+    print(f"current: {version} (was {previous})")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.retraining import RetrainJob
+
+    job = RetrainJob(settings, _registry(settings), settings.retrain.policy())
+    decision = job.run_once()
+    print(f"{decision.status}: {decision.reason}")
     return 0
 
 
@@ -343,6 +469,9 @@ COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
     "generate": cmd_generate,
+    "evaluate": cmd_evaluate,
+    "models": cmd_models,
+    "retrain": cmd_retrain,
     "config": cmd_config,
 }
 

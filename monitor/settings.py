@@ -23,7 +23,15 @@ from pydantic_settings import (
 
 from monitor.errors import ConfigError
 
-__all__ = ["DetectorSettings", "KafkaSettings", "ModelSettings", "Settings", "load_settings"]
+__all__ = [
+    "DetectorSettings",
+    "KafkaSettings",
+    "ModelSettings",
+    "RegistrySettings",
+    "RetrainSettings",
+    "Settings",
+    "load_settings",
+]
 
 
 class _Section(BaseModel):
@@ -154,6 +162,38 @@ class DetectorSettings(_Section):
     max_batch_windows: int = Field(4096, ge=1, description="windows per model call")
 
 
+class RegistrySettings(_Section):
+    """Where model versions live (a local path, or a volume shared by all daemons)."""
+
+    path: Path = Path("model-registry")
+    keep: int = Field(5, ge=1, description="versions kept besides the current one's lineage")
+
+
+class RetrainSettings(_Section):
+    """Scheduled retraining (``monitor retrain``, ``monitor run --retrain``)."""
+
+    interval_s: float | None = Field(86_400.0, gt=0, description="run every this many seconds")
+    cron: str | None = Field(None, description="or a 5-field crontab (UTC); wins over interval")
+    span_s: float = Field(7 * 86_400.0, gt=0, description="how far back the training data goes")
+    max_rows: int = Field(200_000, ge=100)
+    min_normal_rows: int = Field(1_000, ge=10)
+    max_false_alarm_increase: float = Field(0.005, ge=0, le=1)
+
+    def policy(self) -> Any:
+        """The RetrainPolicy these settings describe."""
+        from datetime import timedelta
+
+        from monitor.retraining import RetrainPolicy
+
+        return RetrainPolicy(
+            interval=timedelta(seconds=self.interval_s or 86_400.0),
+            span=timedelta(seconds=self.span_s),
+            max_rows=self.max_rows,
+            min_normal_rows=self.min_normal_rows,
+            max_false_alarm_increase=self.max_false_alarm_increase,
+        )
+
+
 class Settings(BaseSettings):
     """Everything the monitor can be told. See the README's configuration reference."""
 
@@ -169,6 +209,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     model: ModelSettings = ModelSettings()
     detector: DetectorSettings = DetectorSettings()
+    registry: RegistrySettings = RegistrySettings()
+    retrain: RetrainSettings = RetrainSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
     http_host: str = Field("0.0.0.0", description="address of /metrics, /healthz, /readyz")
