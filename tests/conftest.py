@@ -58,3 +58,28 @@ def kafka_settings(bootstrap: str) -> Settings:
         },
         http_port=None,
     )
+
+
+def monitor_env(settings: Settings) -> dict[str, str]:
+    """Environment for a `monitor` subprocess that uses exactly these settings' topics."""
+    k = settings.kafka
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MONITOR_")}
+    env.update(
+        MONITOR_BOOTSTRAP=settings.bootstrap,
+        MONITOR_KAFKA__READINGS_TOPIC=k.readings_topic,
+        MONITOR_KAFKA__EVENTS_TOPIC=k.events_topic,
+        MONITOR_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
+        MONITOR_KAFKA__STATE_TOPIC=k.state_topic,
+        MONITOR_KAFKA__MODELS_TOPIC=k.models_topic,
+        MONITOR_KAFKA__GROUP_ID=k.group_id,
+        MONITOR_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
+        MONITOR_KAFKA__HEARTBEAT_INTERVAL_MS=str(k.heartbeat_ms),
+        MONITOR_KAFKA__COMMIT_INTERVAL_S=str(k.commit_interval_s),
+        MONITOR_KAFKA__MAX_POLL_RECORDS="500",
+        MONITOR_KAFKA__POLL_TIMEOUT_MS="200",
+        MONITOR_KAFKA__PARTITIONS=str(k.partitions),
+        MONITOR_HTTP_PORT="0",
+        MONITOR_LOG_LEVEL="INFO",
+        OMP_NUM_THREADS="1",
+    )
+    return env

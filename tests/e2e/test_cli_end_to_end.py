@@ -8,7 +8,6 @@ schema and the stream's labels.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from monitor.demo import labelled_windows
 from monitor.settings import Settings
-from tests.conftest import NAB, REPO
+from tests.conftest import NAB, REPO, monitor_env
 
 MONITOR = [sys.executable, "-m", "monitor.cli"]
 EVENT_SCHEMA = json.loads((REPO / "monitor" / "schemas" / "anomaly-event.json").read_text())
@@ -31,21 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    k = settings.kafka
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MONITOR_")}
-    env.update(
-        MONITOR_BOOTSTRAP=settings.bootstrap,
-        MONITOR_KAFKA__READINGS_TOPIC=k.readings_topic,
-        MONITOR_KAFKA__EVENTS_TOPIC=k.events_topic,
-        MONITOR_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
-        MONITOR_KAFKA__GROUP_ID=k.group_id,
-        MONITOR_KAFKA__STATE_TOPIC=k.state_topic,
-        MONITOR_KAFKA__MODELS_TOPIC=k.models_topic,
-        MONITOR_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
-        MONITOR_KAFKA__HEARTBEAT_INTERVAL_MS=str(k.heartbeat_ms),
-        OMP_NUM_THREADS="1",
-    )
-    return env
+    return monitor_env(settings)
 
 
 def _monitor(args: list[str], env: dict[str, str], timeout_s: float = 300) -> str:

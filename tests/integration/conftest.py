@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from monitor.formats import encode_reading
 from monitor.pipeline import Detector
 from monitor.records import Reading
 from monitor.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, monitor_env
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 STEP = timedelta(minutes=5)
@@ -91,30 +90,6 @@ def reference_event_ids(model: Autoencoder, fleet: Fleet) -> set[str]:
         out = detector.process(fleet.readings[start : start + 2000])
         ids.update(event_id(e) for e in out.events)
     return ids
-
-
-def monitor_env(settings: Settings) -> dict[str, str]:
-    k = settings.kafka
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MONITOR_")}
-    env.update(
-        MONITOR_BOOTSTRAP=settings.bootstrap,
-        MONITOR_KAFKA__READINGS_TOPIC=k.readings_topic,
-        MONITOR_KAFKA__EVENTS_TOPIC=k.events_topic,
-        MONITOR_KAFKA__DEAD_LETTER_TOPIC=k.dead_letter_topic,
-        MONITOR_KAFKA__STATE_TOPIC=k.state_topic,
-        MONITOR_KAFKA__MODELS_TOPIC=k.models_topic,
-        MONITOR_KAFKA__GROUP_ID=k.group_id,
-        MONITOR_KAFKA__SESSION_TIMEOUT_MS=str(k.session_timeout_ms),
-        MONITOR_KAFKA__HEARTBEAT_INTERVAL_MS=str(k.heartbeat_ms),
-        MONITOR_KAFKA__COMMIT_INTERVAL_S=str(k.commit_interval_s),
-        MONITOR_KAFKA__MAX_POLL_RECORDS="500",
-        MONITOR_KAFKA__POLL_TIMEOUT_MS="200",
-        MONITOR_KAFKA__PARTITIONS=str(k.partitions),
-        MONITOR_HTTP_PORT="0",
-        MONITOR_LOG_LEVEL="INFO",
-        OMP_NUM_THREADS="1",
-    )
-    return env
 
 
 @dataclass

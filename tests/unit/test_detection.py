@@ -1,0 +1,98 @@
+"""The whole pure core on a synthetic multi-channel machine: model + Detector, no broker.
+
+A slow drift, a spike, a level shift and a stuck sensor, each on its own channel and at its own
+time, must each open an episode while it lasts, and the episode's attribution must name the
+channel that was tampered with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import models
+from monitor.generator import InjectedAnomaly, MachineSpec, generate_machine
+from monitor.pipeline import Detector, DetectorConfig
+from monitor.records import EpisodeEventKind, Reading
+
+STEPS = 4000
+TRAIN = 2000
+FAULTS = [
+    InjectedAnomaly("slow_drift", "temperature", 2300, 300, 8.0),
+    InjectedAnomaly("spike", "vibration", 2750, 3, 12.0),
+    InjectedAnomaly("level_shift", "pressure", 3100, 250, 6.0),
+    InjectedAnomaly("stuck_sensor", "flow", 3550, 250, 0.0),
+]
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[pd.DataFrame, list]:
+    torch.set_num_threads(1)
+    spec = MachineSpec(entity="m1", steps=STEPS, anomalies=tuple(FAULTS))
+    frame, _ = generate_machine(spec, seed=4)
+    channels = [c for c in frame.columns if c != "timestamp"]
+    model = models.build("lstm", channels=tuple(channels), window=32, latent_size=16, epochs=25)
+    model.fit(frame[channels].iloc[:TRAIN].reset_index(drop=True), seed=0)
+    detector = Detector(model, DetectorConfig.from_dicts(threshold={"spot_q": 1e-3}))
+    readings = [
+        Reading("m1", ts.to_pydatetime(), {c: float(row[c]) for c in channels})
+        for ts, (_, row) in zip(frame["timestamp"], frame[channels].iterrows(), strict=True)
+    ]
+    events = []
+    for start in range(0, len(readings), 500):
+        events.extend(detector.process(readings[start : start + 500]).events)
+    return frame, events
+
+
+def _first_opened(run, fault: InjectedAnomaly):
+    frame, events = run
+    start = frame["timestamp"].iloc[fault.start]
+    end = frame["timestamp"].iloc[min(fault.start + fault.length + 32, len(frame) - 1)]
+    opened = [
+        e
+        for e in events
+        if e.kind is EpisodeEventKind.OPENED and start <= pd.Timestamp(e.window_end) <= end
+    ]
+    return opened[0] if opened else None
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.kind for f in FAULTS])
+def test_each_fault_opens_an_episode_while_it_lasts(run, fault: InjectedAnomaly) -> None:
+    assert _first_opened(run, fault) is not None, f"{fault.kind} opened no episode"
+
+
+_ATTRIBUTION_GAP = pytest.mark.xfail(
+    reason="known gap (issue 4): for a slow drift and a stuck sensor the first event's error "
+    "share does not yet name the tampered channel",
+    strict=False,
+)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(f, id=f.kind, marks=_ATTRIBUTION_GAP)
+        if f.kind in ("slow_drift", "stuck_sensor")
+        else pytest.param(f, id=f.kind)
+        for f in FAULTS
+    ],
+)
+def test_attribution_names_the_faulty_channel(run, fault: InjectedAnomaly) -> None:
+    event = _first_opened(run, fault)
+    assert event is not None
+    top = max(event.contributions, key=event.contributions.get)
+    assert top == fault.channel, f"{fault.kind}: attribution {event.contributions}"
+
+
+def test_no_episode_opens_on_the_normal_part(run) -> None:
+    frame, events = run
+    first_fault = frame["timestamp"].iloc[FAULTS[0].start]
+    early = [
+        e
+        for e in events
+        if e.kind is EpisodeEventKind.OPENED and pd.Timestamp(e.window_end) < first_fault
+    ]
+    assert len(early) <= 1, early
+    assert np.isfinite([e.score for e in events]).all()
