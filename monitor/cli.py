@@ -38,6 +38,18 @@ def _topics(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-id", help="kafka.group_id")
 
 
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=int, help="model.window (steps)")
+    parser.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model hyper-parameter, e.g. --param epochs=20 (repeatable)",
+    )
+
+
 def _param(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -75,16 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="train only on rows before this time (ISO-8601)")
     p.add_argument("--rows", type=int, help="train on at most this many first rows")
     p.add_argument("--kind", choices=["lstm", "dense", "conv", "vae"], help="model.kind")
-    p.add_argument("--window", type=int, help="model.window (steps)")
     p.add_argument("--seed", type=int, help="model.seed")
-    p.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model hyper-parameter, e.g. --param epochs=20 (repeatable)",
-    )
+    _model_options(p)
     p.add_argument("--ignore-columns", nargs="*", default=[])
     _common(p)
 
@@ -97,25 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long without readings (for finite replays)",
     )
     p.add_argument("--print-events", action="store_true", help="print each published event")
+    p.add_argument("--retrain", action="store_true", help="run scheduled retraining in-process")
     _common(p)
     _topics(p)
 
-    p.add_argument("--retrain", action="store_true", help="run scheduled retraining in-process")
     p = sub.add_parser("evaluate", help="replay CSV streams causally and score the detections")
     p.add_argument("data", type=Path, help="a CSV or a folder of them")
     p.add_argument("--out", type=Path, required=True, help="folder for the per-row outputs")
     p.add_argument("--labels", type=Path, help="NAB windows JSON (default: found beside DATA)")
     p.add_argument("--ignore-columns", nargs="*", default=[], help="label columns to skip")
     p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
-    p.add_argument("--window", type=int, help="model.window")
-    p.add_argument(
-        "--param",
-        type=_param,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model hyper-parameter (repeatable)",
-    )
+    _model_options(p)
     _common(p)
 
     p = sub.add_parser("models", help="the model registry: list, show, register, promote, rollback")

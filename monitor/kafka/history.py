@@ -30,14 +30,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_from_cloudevent
-from monitor.kafka.clients import admin_config, consumer_config, producer_config
+from monitor.kafka.clients import consumer_config, producer_config
+from monitor.kafka.topics import ensure_compacted_topic
 from monitor.records import EpisodeEventKind, Reading
 from monitor.settings import Settings
 
@@ -348,38 +348,6 @@ def episodes_from_events(
 
 
 # -- model announcements (a compacted topic) -------------------------------------------------
-
-
-def ensure_compacted_topic(settings: Settings, topic: str) -> bool:
-    """Create ``topic`` with one partition and cleanup.policy=compact if missing; True if made.
-
-    One partition keeps every announcement in one total order.
-    """
-    try:
-        admin = KafkaAdminClient(**admin_config(settings))
-    except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap}") from exc
-    try:
-        if topic in set(admin.list_topics()):
-            return False
-        try:
-            admin.create_topics(
-                [
-                    NewTopic(
-                        topic,
-                        1,
-                        settings.kafka.replication_factor,
-                        topic_configs={"cleanup.policy": "compact"},
-                    )
-                ]
-            )
-        except TopicAlreadyExistsError:
-            return False
-        except KafkaError as exc:
-            raise BrokerError(f"could not create the compacted topic {topic}: {exc}") from exc
-        return True
-    finally:
-        admin.close()
 
 
 def announce(

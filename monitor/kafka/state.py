@@ -19,7 +19,6 @@ offset, which rejects snapshots of an earlier incarnation of a re-created topic.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,12 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from monitor.errors import BrokerError
-from monitor.kafka.clients import admin_config, consumer_config
+from monitor.kafka.clients import consumer_config
+from monitor.kafka.topics import ensure_compacted_topic
 from monitor.settings import Settings
 
 __all__ = ["PartitionState", "StateStore", "key_digest"]
@@ -107,28 +104,7 @@ class StateStore:
 
     def ensure_topic(self) -> None:
         """Create the compacted state topic if it is missing."""
-        admin = KafkaAdminClient(**admin_config(self.settings))
-        try:
-            if self.topic in set(admin.list_topics()):
-                return
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics(
-                    [
-                        NewTopic(
-                            self.topic,
-                            1,
-                            self.settings.kafka.replication_factor,
-                            topic_configs={
-                                "cleanup.policy": "compact",
-                                "max.message.bytes": str(MAX_STATE_BYTES),
-                            },
-                        )
-                    ]
-                )
-        except KafkaError as exc:
-            raise BrokerError(f"could not create the state topic {self.topic}: {exc}") from exc
-        finally:
-            admin.close()
+        ensure_compacted_topic(self.settings, self.topic, max_message_bytes=MAX_STATE_BYTES)
 
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one."""

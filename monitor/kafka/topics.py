@@ -12,7 +12,7 @@ from monitor.errors import BrokerError
 from monitor.kafka.clients import admin_config
 from monitor.settings import Settings
 
-__all__ = ["ensure_topics"]
+__all__ = ["ensure_compacted_topic", "ensure_topics"]
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> list[str]:
@@ -44,5 +44,36 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> li
             except KafkaError as exc:
                 raise BrokerError(f"could not create topics {missing}: {exc}") from exc
         return missing
+    finally:
+        admin.close()
+
+
+def ensure_compacted_topic(
+    settings: Settings, topic: str, *, max_message_bytes: int | None = None
+) -> bool:
+    """Create ``topic`` with one partition and cleanup.policy=compact if missing; True if made.
+
+    For topics that hold the latest value per key (detector snapshots, model announcements);
+    one partition keeps every record in one total order.
+    """
+    configs = {"cleanup.policy": "compact"}
+    if max_message_bytes is not None:
+        configs["max.message.bytes"] = str(max_message_bytes)
+    try:
+        admin = KafkaAdminClient(**admin_config(settings))
+    except KafkaError as exc:
+        raise BrokerError(f"no Kafka broker answers at {settings.bootstrap}") from exc
+    try:
+        if topic in set(admin.list_topics()):
+            return False
+        try:
+            admin.create_topics(
+                [NewTopic(topic, 1, settings.kafka.replication_factor, topic_configs=configs)]
+            )
+        except TopicAlreadyExistsError:
+            return False
+        except KafkaError as exc:
+            raise BrokerError(f"could not create the compacted topic {topic}: {exc}") from exc
+        return True
     finally:
         admin.close()
