@@ -11,11 +11,23 @@ Each entity is either *closed* or has one *open* episode (so episodes never over
 - open -> closed: after ``close_after_quiet`` consecutive normal windows. Emits CLOSED, starts a
   cooldown of ``cooldown`` windows during which no episode can open, and forgets the window
   history (the windows of the old problem cannot open a new episode).
+- open -> closed, persistent: with ``max_open = n > 0``, an episode still open ``n`` windows
+  after it opened is closed all the same (CLOSED, cooldown, history forgotten, as above). A
+  lasting change that keeps every window anomalous would otherwise hold its episode open for
+  ever, and no later problem of the entity could open one. Whether the entity alarms again
+  after the cooldown depends on its threshold (see ``ThresholdConfig.rebaseline_after``, which
+  lets it take the new level as normal).
 
 A window whose threshold is None (warming up) counts as normal.
 
 Attribution and severity, in every event: ``contributions`` maps each channel to its share of the
-error of the episode's peak window (the window with the highest score so far; shares sum to 1),
+error. With an ``attribute`` function (the Detector passes the model's reconstruction-based
+attribution, :meth:`models.base.Autoencoder.attribute`), it is the mean attribution of the
+episode's windows so far: the window that opened it and then one anomalous window in every
+``update_every``, a sample that bounds the cost (a few model calls per attributed window) while
+an episode lasts, and lets a fault that looks like its correlated partner at first (a stuck
+sensor) be named as the evidence accumulates. Without one it is the raw per-channel error share
+of the episode's peak window (the window with the highest score so far). Shares sum to 1;
 ``top_steps`` are the indexes (0 = the window's first step) of that window's ``top_steps`` largest
 step errors, largest first; ``severity`` comes from the episode's highest ratio score/threshold.
 The ``score``, ``threshold``, ``window_start``/``window_end`` and ``model_version`` are the
@@ -29,14 +41,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, WindowDecision
+from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, Window, WindowDecision
 
 __all__ = ["EpisodeConfig", "Episodes", "severity_of"]
 
@@ -63,6 +75,8 @@ class EpisodeConfig:
       of the total are kept and sum to at most 1), and how many step indexes ``top_steps`` lists.
     - ``severity_ratios=(1.5, 2.0, 4.0)``: score/threshold at or above which severity is
       MEDIUM, HIGH, CRITICAL (below the first: LOW).
+    - ``max_open=0``: no limit on an episode's length; ``n > 0`` closes an episode ``n``
+      windows after it opened, anomalous or not (a persistent episode).
 
     Raises:
         ValueError: a field is out of range; the message names it.
@@ -76,6 +90,7 @@ class EpisodeConfig:
     top_channels: int = 0
     top_steps: int = 5
     severity_ratios: tuple[float, float, float] = (1.5, 2.0, 4.0)
+    max_open: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -86,6 +101,7 @@ class EpisodeConfig:
             "update_every",
             "top_channels",
             "top_steps",
+            "max_open",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -101,7 +117,7 @@ class EpisodeConfig:
             raise ValueError(
                 f"EpisodeConfig.close_after_quiet must be >= 1, got {self.close_after_quiet}"
             )
-        for name in ("cooldown", "top_channels", "top_steps"):
+        for name in ("cooldown", "top_channels", "top_steps", "max_open"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EpisodeConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.update_every < 1:
@@ -207,6 +223,10 @@ class _EntityEpisodes:
     peak_ratio: float = 0.0
     quiet: int = 0
     since_event: int = 0
+    open_for: int = 0  # windows since the episode opened
+    attribution: list[float] | None = None  # sum of the attributed windows' shares
+    attributed: int = 0  # how many windows that sum holds
+    since_attribution: int = 0  # anomalous windows since the last attributed one
     risen: bool = False  # the peak rose since the last event
     last_threshold: float | None = None
 
@@ -225,6 +245,10 @@ class _EntityEpisodes:
             "peak_ratio": _float_out(self.peak_ratio),
             "quiet": self.quiet,
             "since_event": self.since_event,
+            "open_for": self.open_for,
+            "attribution": self.attribution,
+            "attributed": self.attributed,
+            "since_attribution": self.since_attribution,
             "risen": self.risen,
             "last_threshold": self.last_threshold,
         }
@@ -245,6 +269,12 @@ class _EntityEpisodes:
             peak_ratio=_float_in(data["peak_ratio"]),
             quiet=int(data["quiet"]),
             since_event=int(data["since_event"]),
+            open_for=int(data.get("open_for", 0)),
+            attribution=(
+                None if data.get("attribution") is None else [float(x) for x in data["attribution"]]
+            ),
+            attributed=int(data.get("attributed", 0)),
+            since_attribution=int(data.get("since_attribution", 0)),
             risen=bool(data["risen"]),
             last_threshold=None if threshold is None else float(threshold),
         )
@@ -270,8 +300,14 @@ class Episodes:
     the events an uninterrupted one would have.
     """
 
-    def __init__(self, config: EpisodeConfig) -> None:
+    def __init__(
+        self,
+        config: EpisodeConfig,
+        attribute: Callable[[Window], np.ndarray] | None = None,
+    ) -> None:
         self.config = config
+        # Each channel's share of a window's error; called only for the windows events report.
+        self.attribute = attribute
         self._entities: dict[str, _EntityEpisodes] = {}
 
     def is_open(self, entity: str) -> bool:
@@ -311,11 +347,15 @@ class Episodes:
                 state.peak_ratio = max(m.ratio for m in marks)
                 state.quiet = 0
                 state.since_event = 0
+                state.open_for = 0
                 state.risen = False
                 state.recent.clear()
+                state.attribution, state.attributed = None, 0
+                self._attribute(decision, state)
                 events.append(self._event(EpisodeEventKind.OPENED, decision, state))
         else:
             state.since_event += 1
+            state.open_for += 1
             if mark is not None:
                 state.quiet = 0
                 assert state.peak is not None
@@ -325,23 +365,29 @@ class Episodes:
                 if mark.ratio > state.peak_ratio:
                     state.peak_ratio = mark.ratio
                     state.risen = True
-                if state.risen and state.since_event >= config.update_every:
-                    events.append(self._event(EpisodeEventKind.UPDATED, decision, state))
-                    state.since_event = 0
-                    state.risen = False
+                state.since_attribution += 1
+                if state.since_attribution >= config.update_every:
+                    self._attribute(decision, state)
             else:
                 state.quiet += 1
-                if state.quiet >= config.close_after_quiet:
-                    events.append(self._event(EpisodeEventKind.CLOSED, decision, state))
-                    state.open = False
-                    state.episode_start = None
-                    state.peak = None
-                    state.peak_ratio = 0.0
-                    state.quiet = 0
-                    state.since_event = 0
-                    state.risen = False
-                    state.recent.clear()
-                    state.cooldown_left = config.cooldown
+            persistent = 0 < config.max_open <= state.open_for
+            if state.quiet >= config.close_after_quiet or persistent:
+                events.append(self._event(EpisodeEventKind.CLOSED, decision, state))
+                state.open = False
+                state.episode_start = None
+                state.peak = None
+                state.peak_ratio = 0.0
+                state.quiet = 0
+                state.since_event = 0
+                state.open_for = 0
+                state.risen = False
+                state.recent.clear()
+                state.attribution, state.attributed, state.since_attribution = None, 0, 0
+                state.cooldown_left = config.cooldown
+            elif state.risen and state.since_event >= config.update_every:
+                events.append(self._event(EpisodeEventKind.UPDATED, decision, state))
+                state.since_event = 0
+                state.risen = False
 
         if state.idle():
             # Nothing pending: a fresh state behaves the same, so keep no memory of the entity.
@@ -359,9 +405,25 @@ class Episodes:
             top_steps=self._top_steps(decision),
         )
 
+    def _attribute(self, decision: WindowDecision, state: _EntityEpisodes) -> None:
+        """Add the decision's window to the episode's mean attribution (if there is a function)."""
+        state.since_attribution = 0
+        if self.attribute is None:
+            return
+        shares = np.asarray(self.attribute(decision.window), dtype=np.float64).ravel()
+        if shares.shape != (len(decision.window.channels),) or not np.all(np.isfinite(shares)):
+            return
+        if state.attribution is None:
+            state.attribution = [0.0] * len(shares)
+        state.attribution = [a + float(b) for a, b in zip(state.attribution, shares, strict=True)]
+        state.attributed += 1
+
     def _contributions(self, decision: WindowDecision) -> dict[str, float]:
-        channels = decision.window.channels
-        errors = np.abs(np.asarray(decision.channel_errors, dtype=np.float64)).ravel()
+        return self._shares(decision.window.channels, decision.channel_errors)
+
+    def _shares(self, channels: tuple[str, ...], values: Any) -> dict[str, float]:
+        """Channel -> share of ``values`` (made non-negative, summing to 1), largest first."""
+        errors = np.abs(np.asarray(values, dtype=np.float64)).ravel()
         if errors.shape != (len(channels),) or not np.all(np.isfinite(errors)):
             errors = np.ones(len(channels))
         total = float(errors.sum())
@@ -394,7 +456,11 @@ class Episodes:
             threshold=float(threshold) if threshold is not None else math.nan,
             severity=severity_of(state.peak_ratio, self.config.severity_ratios),
             model_version=decision.model_version,
-            contributions=dict(state.peak.contributions),
+            contributions=(
+                self._shares(decision.window.channels, state.attribution)
+                if state.attribution is not None
+                else dict(state.peak.contributions)
+            ),
             top_steps=state.peak.top_steps,
         )
 
@@ -425,14 +491,19 @@ class Episodes:
             self._entities[name] = _EntityEpisodes.from_dict(data, self.config.open_within)
 
     @classmethod
-    def from_snapshot(cls, config: EpisodeConfig, snapshot: Mapping[str, Any]) -> Episodes:
+    def from_snapshot(
+        cls,
+        config: EpisodeConfig,
+        snapshot: Mapping[str, Any],
+        attribute: Callable[[Window], np.ndarray] | None = None,
+    ) -> Episodes:
         """Rebuild from :meth:`snapshot` output, with the same config.
 
         Raises:
             ValueError: the snapshot is of another version or was taken with another config.
         """
         _check_snapshot(config, snapshot)
-        episodes = cls(config)
+        episodes = cls(config, attribute)
         episodes._entities = {
             name: _EntityEpisodes.from_dict(data, config.open_within)
             for name, data in snapshot["entities"].items()

@@ -112,7 +112,7 @@ class Detector:
         self.model = model
         self.config = (config or DetectorConfig()).for_model(model)
         self.windower = Windower(self.config.window)
-        self.episodes = Episodes(self.config.episodes)
+        self.episodes = Episodes(self.config.episodes, attribute=self._attribute)
         self.thresholds: dict[str, Threshold] = {}
         self._warm_scores = _validation_scores(model)
 
@@ -163,6 +163,12 @@ class Detector:
             out.decisions.append(decision)
             out.events.extend(self.episodes.learn_one(decision))
 
+    def _attribute(self, window: Window) -> np.ndarray:
+        """Each channel's share of the window's error, by the serving model (see Episodes)."""
+        if len(window.channels) == 1:
+            return np.ones(1)
+        return self.model.attribute(window.values[None])[0]
+
     def swap_model(self, model: Autoencoder) -> None:
         """Serve a new model from the next window on, keeping every open window.
 
@@ -207,7 +213,9 @@ class Detector:
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
         detector.windower = Windower.from_snapshot(detector.config.window, snapshot["windower"])
-        detector.episodes = Episodes.from_snapshot(detector.config.episodes, snapshot["episodes"])
+        detector.episodes = Episodes.from_snapshot(
+            detector.config.episodes, snapshot["episodes"], attribute=detector._attribute
+        )
         detector.thresholds = {
             entity: threshold_from_snapshot(detector.config.threshold, state)
             for entity, state in snapshot["thresholds"].items()

