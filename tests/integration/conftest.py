@@ -60,7 +60,9 @@ class Fleet:
         return [encode_reading(r) for r in self.readings]
 
 
-def make_fleet(entities: int, steps: int, *, spiky: int, seed: int = 3) -> Fleet:
+def make_fleet(
+    entities: int, steps: int, *, spiky: int, seed: int = 3, start: datetime = T0
+) -> Fleet:
     rng = np.random.default_rng(seed)
     series = {}
     spikes = {}
@@ -73,7 +75,7 @@ def make_fleet(entities: int, steps: int, *, spiky: int, seed: int = 3) -> Fleet
             spikes[name] = at
         series[name] = values
     readings = [
-        Reading(name, T0 + i * STEP, {"value": float(values[i])})
+        Reading(name, start + i * STEP, {"value": float(values[i])})
         for i in range(steps)
         for name, values in series.items()
     ]
