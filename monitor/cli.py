@@ -101,7 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this long without readings (for finite replays)",
     )
     p.add_argument("--print-events", action="store_true", help="print each published event")
-    p.add_argument("--retrain", action="store_true", help="run scheduled retraining in-process")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="run scheduled retraining in-process (a daemon serving from the registry always "
+        "follows promotions)",
+    )
     _common(p)
     _topics(p)
 
@@ -113,6 +118,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
     _model_options(p)
     _common(p)
+
+    p = sub.add_parser(
+        "report",
+        help="draw an entity's readings, reconstruction, scores, episodes and latent codes",
+        description="Replay one entity's readings through the detector with the serving model "
+        "and write PREFIX.png and a self-contained PREFIX.html.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", type=Path, help="a NAB, wide or long CSV stream")
+    source.add_argument(
+        "--from-topics",
+        action="store_true",
+        help="read the readings back from the readings topic and episodes from the events topic",
+    )
+    p.add_argument("--entity", help="the entity to report (needed when there are several)")
+    p.add_argument("--start", help="first time shown (ISO-8601, naive = UTC)")
+    p.add_argument("--end", help="last time shown (ISO-8601, naive = UTC)")
+    p.add_argument("--labels", type=Path, help="NAB windows JSON (default: found beside --csv)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="PREFIX: writes PREFIX.png and PREFIX.html"
+    )
+    p.add_argument("--model", type=Path, help="model version directory (default: the registry's)")
+    p.add_argument("--ignore-columns", nargs="*", default=[], help="label columns to skip")
+    p.add_argument(
+        "--latent-windows",
+        type=int,
+        default=2000,
+        help="at most this many evenly spaced windows in the latent projection",
+    )
+    p.add_argument(
+        "--max-records",
+        type=int,
+        default=2_000_000,
+        help="with --from-topics: read at most this many records back (the newest)",
+    )
+    _common(p)
+    _topics(p)
 
     p = sub.add_parser("models", help="the model registry: list, show, register, promote, rollback")
     p.add_argument("action", choices=["list", "show", "register", "promote", "rollback"])
@@ -140,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("config", help="print the resolved settings (secrets masked)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="print instead the reference of every setting, its environment variable and "
+        "default (the README's Markdown table)",
+    )
     _common(p)
     return parser
 
@@ -324,38 +372,60 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             heartbeat=health.beat if health is not None else None,
         )
         daemon.install_signal_handlers()
-        if args.retrain:
-            stack.enter_context(_retraining(settings, daemon))
+        # A pinned model (--model) stays; one served from the registry follows promotions.
+        if args.retrain or settings.model.path is None:
+            stack.enter_context(_lifecycle(settings, daemon, schedule=args.retrain))
         stats = daemon.run()
     print(stats.summary(), flush=True)
     return 0
 
 
 @contextlib.contextmanager
-def _retraining(settings: Settings, daemon: Any) -> Any:
-    """Scheduled retraining in this process, and the hot swap of announced models."""
+def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
+    """The hot swap of announced models, plus (``schedule``) retraining in this process:
+    on its schedule, and early when the drift trigger fires."""
     from datetime import timedelta
 
-    from monitor.retraining import ModelFollower, RetrainJob, build_scheduler
+    from monitor.retraining import ModelFollower, RetrainJob, build_scheduler, run_early
 
     registry = _registry(settings)
-    job = RetrainJob(settings, registry, settings.retrain.policy())
     r = settings.retrain
-    scheduler = build_scheduler(
-        job,
-        interval=None if r.cron else timedelta(seconds=r.interval_s or 86_400.0),
-        cron=r.cron,
-    )
+    scheduler = drift = None
+    if schedule:
+        job = RetrainJob(settings, registry, r.policy())
+        scheduler = build_scheduler(
+            job,
+            interval=None if r.cron else timedelta(seconds=r.interval_s or 86_400.0),
+            cron=r.cron,
+        )
+        drift = r.drift_trigger(_validation_scores(daemon.model))
+        if drift is not None:
+            # Runs in the daemon's loop; the early run happens on the scheduler's thread.
+            daemon.on_decisions = lambda decisions: (
+                drift.observe(decisions) and run_early(scheduler, job)
+            )
+
+    def hand_over(model: Any) -> None:
+        if drift is not None:
+            drift.reset(_validation_scores(model))
+        daemon.request_model(model)
+
     follower = ModelFollower(
-        settings, daemon.request_model, registry=registry, current_version=daemon.model.version
+        settings, hand_over, registry=registry, current_version=daemon.model.version
     )
-    scheduler.start()
+    if scheduler is not None:
+        scheduler.start()
     follower.start()
     try:
         yield
     finally:
         follower.stop()
-        scheduler.shutdown(wait=False)
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
+def _validation_scores(model: Any) -> Any:
+    return model.report.validation_scores if model.report is not None else ()
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -386,6 +456,47 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         progress=sys.stderr.isatty(),
     )
     print(format_table(table))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from monitor.report import parse_range, report_from_csv, report_from_topics, write_report
+
+    start, end = parse_range(args.start, args.end)
+    model, config = load_serving(settings)
+    progress = sys.stderr.isatty()
+    if args.csv is not None:
+        report = report_from_csv(
+            args.csv,
+            model,
+            config,
+            entity=args.entity,
+            start=start,
+            end=end,
+            labels=args.labels,
+            ignore_columns=args.ignore_columns,
+            max_latent_windows=args.latent_windows,
+            progress=progress,
+        )
+    else:
+        report = report_from_topics(
+            settings,
+            model,
+            config,
+            entity=args.entity,
+            start=start,
+            end=end,
+            labels=args.labels,
+            max_records=args.max_records,
+            max_latent_windows=args.latent_windows,
+            progress=progress,
+        )
+    png, html = write_report(report, args.out)
+    print(
+        f"report of {report.entity}: {report.windows} windows scored, "
+        f"{len(report.episodes)} episodes, {len(report.labels)} labelled windows "
+        f"-> {png}, {html}"
+    )
     return 0
 
 
@@ -454,6 +565,11 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.observability import mask_secrets
 
+    if args.reference:
+        from monitor.settings import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
     print(json.dumps(mask_secrets(settings.model_dump(mode="json")), indent=2))
     return 0
 
@@ -466,6 +582,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "generate": cmd_generate,
     "evaluate": cmd_evaluate,
+    "report": cmd_report,
     "models": cmd_models,
     "retrain": cmd_retrain,
     "config": cmd_config,

@@ -39,7 +39,7 @@ from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics,
 from monitor.kafka.state import PartitionState, StateStore, key_digest
 from monitor.observability import Metrics
 from monitor.pipeline import Detector, DetectorConfig, process_together
-from monitor.records import Reading
+from monitor.records import Reading, WindowDecision
 from monitor.settings import Settings
 
 __all__ = ["Daemon", "DaemonStats"]
@@ -82,6 +82,7 @@ class Daemon:
     after partitions were assigned: for the demo and tests, which replay a finite stream.
     ``metrics`` (``monitor.observability.Metrics``) and ``heartbeat`` (called every loop
     iteration, e.g. ``HealthServer.beat``) are optional, so that tests can run the loop bare.
+    ``on_decisions`` sees every batch's window decisions (e.g. the retraining drift trigger).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class Daemon:
         idle_stop_s: float | None = None,
         metrics: Metrics | None = None,
         heartbeat: Callable[[], None] | None = None,
+        on_decisions: Callable[[list[WindowDecision]], None] | None = None,
     ) -> None:
         self.settings = settings
         self.model = model
@@ -102,6 +104,7 @@ class Daemon:
         self.idle_stop_s = idle_stop_s
         self.metrics = metrics
         self.heartbeat = heartbeat
+        self.on_decisions = on_decisions
         self.stats = DaemonStats()
         self.detectors: dict[TopicPartition, Detector] = {}
         self._positions: dict[TopicPartition, int] = {}
@@ -263,9 +266,11 @@ class Daemon:
         outputs = process_together({tp: self.detectors[tp] for tp in readings}, readings)
         scoring_s = time.perf_counter() - scoring_started
         events = []
+        decisions: list[WindowDecision] = []
         accepted = windows = 0
         for tp, output in outputs.items():
             events.extend(output.events)
+            decisions.extend(output.decisions)
             accepted += output.accepted
             windows += output.windows_scored
             for index, reason in output.rejected:
@@ -299,6 +304,8 @@ class Daemon:
         if self.on_event is not None:
             for event in events:
                 self.on_event(event_to_cloudevent(event, self.settings.source))
+        if self.on_decisions is not None and decisions:
+            self.on_decisions(decisions)
 
     def _publish_with_retry(
         self, publisher: Publisher, events: list[Any], dead: list[DeadLetter]

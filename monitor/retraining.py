@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_MODELS_TOPIC",
     "Challenge",
     "Decision",
+    "DriftTrigger",
     "ModelFollower",
     "ModelMetrics",
     "ModelSpec",
@@ -73,6 +74,7 @@ __all__ = [
     "evaluate_candidate",
     "latest_announcement",
     "readings_frame",
+    "run_early",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,12 @@ class RetrainPolicy:
         require_episode_detection: every recent episode the champion detects, the candidate
             must detect too, with an episode-window share at most
             ``max_episode_share_decrease`` below the champion's.
+        new_normal_after: an episode that lasts longer than this is a change of regime, not an
+            anomaly: its rows from ``start + new_normal_after`` on are the new normal (they
+            train the candidate and are held out as normal), and only its onset, the windows
+            ending within ``episode_margin`` of its start, must still be detected. ``None``
+            treats every episode, however long, as an anomaly (the model never adapts to a
+            lasting shift). See :meth:`split_episodes`.
     """
 
     interval: timedelta = timedelta(days=1)
@@ -170,11 +178,16 @@ class RetrainPolicy:
     max_false_alarm_increase: float = 0.005
     require_episode_detection: bool = True
     max_episode_share_decrease: float = 0.2
+    new_normal_after: timedelta | None = timedelta(hours=12)
 
     def __post_init__(self) -> None:
         for name in ("interval", "span"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigError(f"RetrainPolicy.{name} must be > 0, got {getattr(self, name)}")
+        if self.new_normal_after is not None and self.new_normal_after <= timedelta(0):
+            raise ConfigError(
+                f"RetrainPolicy.new_normal_after must be > 0 or None, got {self.new_normal_after}"
+            )
         if self.episode_margin < timedelta(0):
             raise ConfigError(
                 f"RetrainPolicy.episode_margin must be >= 0, got {self.episode_margin}"
@@ -194,18 +207,38 @@ class RetrainPolicy:
         """True if a retrain is due at ``now`` (any clock) after one at ``last_run``."""
         return last_run is None or now - last_run >= self.interval
 
+    def split_episodes(
+        self, episodes: Sequence[EpisodeLike]
+    ) -> tuple[list[Episode], list[Episode]]:
+        """(anomalies, regime changes): episodes as they count for retraining.
+
+        An episode longer than ``new_normal_after`` is a regime change and comes back cut to
+        its onset, ``(entity, start, start + episode_margin)``: the rows after it are the new
+        normal. Every other episode is an anomaly, whole.
+        """
+        anomalies: list[Episode] = []
+        regimes: list[Episode] = []
+        for entity, start, end in episodes:
+            if self.new_normal_after is not None and end - start > self.new_normal_after:
+                regimes.append(Episode(entity, start, start + self.episode_margin))
+            else:
+                anomalies.append(Episode(entity, start, end))
+        return anomalies, regimes
+
     def select_normal(self, frame: pd.DataFrame, episodes: Sequence[EpisodeLike]) -> pd.DataFrame:
-        """The rows of ``frame`` (columns entity, timestamp, channels...) outside every episode.
+        """The rows of ``frame`` (columns entity, timestamp, channels...) judged normal.
 
         A row is dropped when its entity has an episode with ``start - episode_margin <=
-        timestamp <= end + episode_margin``. Returns a copy with a fresh index.
+        timestamp <= end + episode_margin``, where a regime change ends at its onset
+        (:meth:`split_episodes`). Returns a copy with a fresh index.
         """
         if frame.empty or not episodes:
             return frame.reset_index(drop=True)
         keep = np.ones(len(frame), dtype=bool)
         entities = frame["entity"].to_numpy()
         stamps = frame["timestamp"]
-        for entity, start, end in episodes:
+        anomalies, regimes = self.split_episodes(episodes)
+        for entity, start, end in [*anomalies, *regimes]:
             near = (stamps >= start - self.episode_margin) & (stamps <= end + self.episode_margin)
             keep &= ~((entities == entity) & near.to_numpy())
         return frame.loc[keep].reset_index(drop=True)
@@ -286,12 +319,15 @@ def evaluate_candidate(
     holdout_windows: np.ndarray | Mapping[str, np.ndarray],
     episode_windows: Sequence[np.ndarray],
     threshold_config: ThresholdConfig,
+    onset_windows: Sequence[np.ndarray] = (),
 ) -> ModelMetrics:
     """Score ``model`` on held-out normal windows and on recent episodes' windows.
 
     ``holdout_windows``: raw windows (n, time, channels) in time order, or one such array per
     entity (each gets its own threshold, as in the Detector). ``episode_windows``: one array
-    (n_i, time, channels) per episode. The threshold is ``threshold_config``'s method,
+    (n_i, time, channels) per episode. ``onset_windows``: the same for the onsets of regime
+    changes, which count in ``episodes_detected`` (after the episodes) but not in
+    ``episode_window_share``. The threshold is ``threshold_config``'s method,
     warm-started from the model's own validation scores. Never raises on a broken model: it
     comes back with ``usable=False``.
     """
@@ -323,14 +359,16 @@ def evaluate_candidate(
         reference = make_threshold(threshold_config)
         reference.warm_start(warm)
         detected, above, seen = [], 0, 0
-        for windows in episode_windows:
+        onsets = [(w, False) for w in onset_windows]
+        for windows, in_share in [*((w, True) for w in episode_windows), *onsets]:
             scores = model.score(windows).window if len(windows) else np.zeros(0)
             if not np.all(np.isfinite(scores)):
                 return ModelMetrics(False, "non-finite scores on the episodes' windows")
             flags = [reference.classify(float(s)) for s in scores]
             detected.append(any(flags))
-            above += sum(flags)
-            seen += len(flags)
+            if in_share:
+                above += sum(flags)
+                seen += len(flags)
     except (ValueError, RuntimeError) as exc:
         return ModelMetrics(False, f"scoring failed: {exc}")
     return ModelMetrics(
@@ -518,7 +556,11 @@ def challenge(
             ),
         )
     parts = [v for _, v in _segments(train, spec.channels) if len(v) >= spec.window]
-    episode_windows = _episode_windows(frame, episodes, spec.channels, spec.window)
+    anomalies, regimes = policy.split_episodes(episodes)
+    figures["regime_changes"] = len(regimes)
+    # A regime change must still be detected at its onset; the new normal after it need not.
+    episode_windows = _episode_windows(frame, anomalies, spec.channels, spec.window)
+    onset_windows = _episode_windows(frame, regimes, spec.channels, spec.window)
     try:
         if not parts:
             raise ValueError(f"no contiguous run of {spec.window} normal rows to train on")
@@ -537,15 +579,102 @@ def challenge(
             Decision(False, f"candidate training failed: {type(exc).__name__}: {exc}", figures),
         )
     candidate_metrics = evaluate_candidate(
-        candidate, holdout_windows, episode_windows, threshold_config
+        candidate, holdout_windows, episode_windows, threshold_config, onset_windows
     )
     champion_metrics = (
-        evaluate_candidate(champion, holdout_windows, episode_windows, threshold_config)
+        evaluate_candidate(
+            champion, holdout_windows, episode_windows, threshold_config, onset_windows
+        )
         if champion is not None
         else None
     )
     decision = policy.decide(champion_metrics, candidate_metrics)
     return Challenge(candidate, replace(decision, figures={**figures, **decision.figures}))
+
+
+class DriftTrigger:
+    """Asks for an early retrain when the live model persistently fits the data worse. Pure.
+
+    Window decisions are counted in consecutive blocks of ``block_windows``. A block drifts
+    when more than ``max_anomalous_share`` of its windows are above threshold, or when its
+    median score exceeds ``max_score_ratio`` times the median of the model's validation scores
+    (the error distribution moved, even under a threshold that followed it). After
+    ``patience`` drifting blocks in a row :meth:`observe` returns True once and the count
+    starts over; :meth:`reset` starts over for a new model.
+    """
+
+    def __init__(
+        self,
+        *,
+        block_windows: int = 1_000,
+        max_anomalous_share: float = 0.05,
+        max_score_ratio: float = 3.0,
+        patience: int = 3,
+        validation_scores: np.ndarray | Sequence[float] = (),
+    ) -> None:
+        if block_windows < 1 or patience < 1:
+            raise ConfigError("DriftTrigger block_windows and patience must be >= 1")
+        if not 0 < max_anomalous_share <= 1 or not max_score_ratio > 0:
+            raise ConfigError(
+                "DriftTrigger max_anomalous_share must be in (0, 1] and max_score_ratio > 0"
+            )
+        self.block_windows = block_windows
+        self.max_anomalous_share = max_anomalous_share
+        self.max_score_ratio = max_score_ratio
+        self.patience = patience
+        self.reset(validation_scores)
+
+    def reset(self, validation_scores: np.ndarray | Sequence[float] = ()) -> None:
+        """Start over, judging scores against these validation scores (a new model's)."""
+        scores = np.asarray(validation_scores, dtype=float)
+        scores = scores[np.isfinite(scores)]
+        self.baseline = float(np.median(scores)) if scores.size else math.nan
+        self._scores: list[float] = []
+        self._anomalous = 0
+        self.drifting_blocks = 0
+        self.last_block: dict[str, float] = {}
+
+    def observe(self, decisions: Iterable[Any]) -> bool:
+        """Count window decisions (``.score``, ``.anomalous``); True when a retrain is due."""
+        fire = False
+        for decision in decisions:
+            self._scores.append(float(decision.score))
+            self._anomalous += bool(decision.anomalous)
+            if len(self._scores) < self.block_windows:
+                continue
+            share = self._anomalous / len(self._scores)
+            ratio = (
+                float(np.median(self._scores)) / self.baseline if self.baseline > 0 else math.nan
+            )
+            self.last_block = {"anomalous_share": share, "score_ratio": ratio}
+            self._scores, self._anomalous = [], 0
+            drifting = share > self.max_anomalous_share or ratio > self.max_score_ratio
+            self.drifting_blocks = self.drifting_blocks + 1 if drifting else 0
+            if self.drifting_blocks >= self.patience:
+                log.info(
+                    "drift: %d blocks in a row, last %s", self.drifting_blocks, self.last_block
+                )
+                self.drifting_blocks = 0
+                fire = True
+        return fire
+
+
+def run_early(scheduler: BackgroundScheduler, job: RetrainJob) -> bool:
+    """Move ``job``'s next scheduled run to now (the drift shortcut); False if not scheduled.
+
+    The job keeps its trigger, ``max_instances=1`` and the registry lease, so an early run
+    never overlaps another retrain.
+    """
+    scheduled = scheduler.get_job(_job_id(job))
+    if scheduled is None:
+        return False
+    scheduled.modify(next_run_time=datetime.now(UTC))
+    log.info("retrain %s requested early", job.model_name)
+    return True
+
+
+def _job_id(job: RetrainJob) -> str:
+    return f"retrain-{job.model_name}"
 
 
 # -- the job: Kafka in, registry and announcement out -----------------------------------------
@@ -903,7 +1032,7 @@ def build_scheduler(
         _run_scheduled,
         trigger,
         args=[job],
-        id=f"retrain-{job.model_name}",
+        id=_job_id(job),
         name=f"retrain {job.model_name}",
         max_instances=1,
         coalesce=True,

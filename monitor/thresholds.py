@@ -31,6 +31,16 @@ ready at once; otherwise it keeps them and keeps learning from ``learn_one`` unt
 ``min_warm_scores`` scores, and meanwhile ``value`` is None and ``classify`` returns False.
 Nothing here raises on data: ``classify`` of NaN is False, ``learn_one`` ignores non-finite scores.
 
+Re-baselining (``rebaseline_after = n > 0``, every method; off by default): a lasting change of
+level (a sensor moved to a new operating point) makes every window anomalous, and since only
+normal windows are learnt the threshold would never accept the new level, so its episode would
+never close and no later anomaly of the entity could open one. After ``n`` windows reported by
+``learn_anomalous`` with no normal score learnt in between, the threshold restarts from those
+``n`` scores, as from a warm start (with fewer than ``min_warm_scores`` of them), taking the new
+level as normal. The threshold forgets the old level and its tail: the price is that an anomaly
+lasting ``n`` windows is learnt as normal. ``n`` of a few window lengths keeps short anomalies
+out of it.
+
 Only normal windows are learnt: the caller passes a window's score to ``learn_one`` when it was
 judged normal, and to ``learn_anomalous`` when it was judged anomalous. ``learn_anomalous`` never
 teaches a threshold an anomaly's magnitude, but it tells the threshold that a score above its value
@@ -80,6 +90,7 @@ __all__ = [
 ]
 
 _METHODS = ("quantile", "ewma", "spot")
+_MIN_WARM_START = 50  # validation scores a warm start needs, whatever min_warm_scores says
 _MAD_TO_SIGMA = 1.4826
 _HUBER_C = 3.0
 # 1 / E[min(|Z|, 3)], Z standard normal: 2(phi(0) - phi(3)) + 6(1 - Phi(3)) = 0.797124.
@@ -107,6 +118,10 @@ class ThresholdConfig:
         spot_level: quantile of the initial scores above which scores are peaks, in (0, 1).
         spot_max_excess: peaks kept for the tail fit (oldest dropped), >= 5.
         spot_depth: 0 for SPOT; d > 0 for DSPOT over the mean of the last d normal scores.
+        rebaseline_after: 0 (default) or ``n >= 2``: after ``n`` windows judged anomalous in a
+            row (``learn_anomalous`` with no ``learn_one`` between; the pipeline learns nothing
+            while an episode is open, so: the anomalous windows of an episode) the threshold
+            restarts from their ``n`` scores (see "Re-baselining" in the module docstring).
         spot_impute_censored: let windows judged anomalous (``learn_anomalous``) enter SPOT's
             tail as censored peaks, at the fitted tail's conditional median above the value, at
             most at the nominal rate ``spot_q`` (see :class:`SpotThreshold`); False is the
@@ -127,13 +142,20 @@ class ThresholdConfig:
     spot_max_excess: int = 1_000
     spot_depth: int = 0
     spot_impute_censored: bool = True
+    rebaseline_after: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
             raise ValueError(
                 f"ThresholdConfig.method must be one of {_METHODS}, got {self.method!r}"
             )
-        for name in ("min_warm_scores", "history", "spot_max_excess", "spot_depth"):
+        for name in (
+            "min_warm_scores",
+            "history",
+            "spot_max_excess",
+            "spot_depth",
+            "rebaseline_after",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"ThresholdConfig.{name} must be an int, got {value!r}")
@@ -168,6 +190,11 @@ class ThresholdConfig:
             )
         if self.spot_depth < 0:
             raise ValueError(f"ThresholdConfig.spot_depth must be >= 0, got {self.spot_depth}")
+        if self.rebaseline_after < 0 or self.rebaseline_after == 1:
+            raise ValueError(
+                "ThresholdConfig.rebaseline_after must be 0 (never) or >= 2, "
+                f"got {self.rebaseline_after}"
+            )
         if not isinstance(self.spot_impute_censored, bool):
             raise ValueError(
                 "ThresholdConfig.spot_impute_censored must be a bool, "
@@ -209,6 +236,8 @@ class Threshold(ABC):
         self.config = config
         # Scores gathered before the threshold is ready; at most min_warm_scores of them.
         self._warm: list[float] = []
+        # Scores of the anomalous windows since the last normal one (rebaseline_after > 0).
+        self._streak: deque[float] = deque(maxlen=max(config.rebaseline_after, 1))
 
     @property
     @abstractmethod
@@ -216,11 +245,17 @@ class Threshold(ABC):
         """The current threshold, or None while warming up."""
 
     def warm_start(self, scores: np.ndarray) -> None:
-        """Reset the threshold from scores of normal data (the model's validation errors)."""
+        """Reset the threshold from scores of normal data (the model's validation errors).
+
+        The threshold is ready at once, even from fewer than ``min_warm_scores`` scores (at
+        least ``_MIN_WARM_START``): they are the warm-up a model comes with, and a threshold left
+        warming up would judge every window normal and learn whatever comes, anomalies included.
+        """
         self._reset()
         self._warm = []
+        self._streak.clear()
         finite = _finite(scores)
-        if len(finite) >= self.config.min_warm_scores:
+        if len(finite) >= min(self.config.min_warm_scores, _MIN_WARM_START):
             self._initialise(finite)
         else:
             self._warm = finite
@@ -241,6 +276,7 @@ class Threshold(ABC):
             return
         if not math.isfinite(x):
             return
+        self._streak.clear()
         if self.value is None and not self._ready():
             self._warm.append(x)
             if len(self._warm) >= self.config.min_warm_scores:
@@ -252,12 +288,25 @@ class Threshold(ABC):
     def learn_anomalous(self, score: float) -> None:
         """Record a window judged anomalous; it is not learnt as a normal score.
 
-        Only ``"quantile"`` uses it, to count the window as censored (above the threshold) so
-        that leaving anomalies out does not drag its quantile down; ``"ewma"`` and ``"spot"``
-        ignore it (SPOT discards anomalies, as the method prescribes). Ignored while warming up.
+        ``"quantile"`` counts the window as censored (above the threshold) so that leaving
+        anomalies out does not drag its quantile down; ``"spot"`` may impute a censored peak
+        (``spot_impute_censored``); ``"ewma"`` ignores it. With ``rebaseline_after = n``, the
+        ``n``-th anomalous window in a row restarts the threshold from the scores of those ``n``
+        windows. Ignored while warming up.
         """
-        if self._ready():
-            self._learn_anomalous(float(score) if isinstance(score, int | float) else math.nan)
+        if not self._ready():
+            return
+        x = float(score) if isinstance(score, int | float) else math.nan
+        n = self.config.rebaseline_after
+        if n and math.isfinite(x):
+            self._streak.append(x)
+            if len(self._streak) >= n:
+                # A lasting new level: its scores are the new normal.
+                scores = list(self._streak)
+                self._streak.clear()
+                self._initialise(scores)
+                return
+        self._learn_anomalous(x)
 
     def _learn_anomalous(self, x: float) -> None:
         return None
@@ -269,6 +318,7 @@ class Threshold(ABC):
             "method": self.config.method,
             "config": self.config.to_dict(),
             "warm": list(self._warm),
+            "streak": list(self._streak),
             "state": self._state(),
         }
 
@@ -707,4 +757,5 @@ def threshold_from_snapshot(config: ThresholdConfig, snapshot: Mapping[str, Any]
     threshold = make_threshold(config)
     threshold._warm = [float(x) for x in snapshot["warm"]]
     threshold._restore(snapshot["state"])
+    threshold._streak.extend(float(x) for x in snapshot.get("streak", ()))
     return threshold

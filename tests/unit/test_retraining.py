@@ -296,3 +296,155 @@ def test_scheduled_runs_never_overlap() -> None:
         scheduler.shutdown(wait=True)
     assert job.runs >= 2
     assert job.max_running == 1
+
+
+# -- lasting shifts: when an episode becomes the new normal -----------------------------------
+
+
+def test_split_episodes_cuts_a_lasting_episode_to_its_onset() -> None:
+    policy = RetrainPolicy(
+        episode_margin=timedelta(minutes=5), new_normal_after=timedelta(minutes=60)
+    )
+    short = ("a", T0, T0 + 60 * STEP)  # exactly the limit: still an anomaly
+    lasting = ("b", T0, T0 + 61 * STEP)
+    anomalies, regimes = policy.split_episodes([short, lasting])
+    assert anomalies == [short]
+    assert regimes == [("b", T0, T0 + 5 * STEP)]
+
+    never = RetrainPolicy(new_normal_after=None)
+    assert never.split_episodes([short, lasting]) == ([short, lasting], [])
+    with pytest.raises(ConfigError, match="new_normal_after"):
+        RetrainPolicy(new_normal_after=timedelta(0))
+
+
+def test_select_normal_keeps_the_new_normal_after_a_regime_change() -> None:
+    frame = _frame(("a",), steps=200)
+    policy = RetrainPolicy(
+        episode_margin=timedelta(minutes=5), new_normal_after=timedelta(minutes=60)
+    )
+    shift = ("a", T0 + 50 * STEP, T0 + 199 * STEP)  # still open at the end of the span
+    kept = policy.select_normal(frame, [shift])["value"].to_numpy()
+    # Only the onset (start +- margin, ending margin after the start) is dropped.
+    assert kept.tolist() == [i for i in range(200) if not 45 <= i <= 60]
+
+    strict = RetrainPolicy(episode_margin=timedelta(minutes=5), new_normal_after=None)
+    assert strict.select_normal(frame, [shift])["value"].tolist() == list(range(45))
+
+
+def test_evaluate_candidate_counts_onsets_as_detected_but_not_in_the_share() -> None:
+    rng = np.random.default_rng(1)
+    model = MeanAbsModel(validation=np.abs(rng.normal(0, 1, 200)))
+    normal = rng.normal(0, 1, (100, 4, 1))
+    spikes = normal[:10] + 20.0
+    onset = np.concatenate([normal[:2] + 20.0, normal[2:10] * 0.01])  # 2 of 10 above
+    metrics = evaluate_candidate(model, normal, [spikes], QUANTILE, onset_windows=[onset])
+    assert metrics.episodes_detected == (True, True)
+    assert metrics.episode_window_share == pytest.approx(1.0)  # the onset is not in it
+    assert metrics.episode_windows == 10
+
+
+def _shifted_frame(steps: int, shift_at: int, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)
+    values = 10 + 3 * np.sin(2 * np.pi * t / 32) + rng.normal(0, 0.05, steps)
+    values[shift_at:] += 12.0
+    frame, _ = readings_frame(
+        [Reading("m", T0 + i * STEP, {"value": float(v)}) for i, v in enumerate(values)]
+    )
+    return frame
+
+
+def test_challenge_adapts_to_a_lasting_shift_only_with_the_new_normal_rule() -> None:
+    import models
+
+    frame = _shifted_frame(1500, shift_at=400)
+    champion = models.build(
+        SPEC.kind, channels=SPEC.channels, window=SPEC.window, **SPEC.hyperparameters
+    )
+    champion.fit(frame["value"].to_numpy()[:400, None], seed=0)
+    # The live episode opened at the shift and never closed: 1100 minutes, longer than 6 h.
+    episode = ("m", T0 + 398 * STEP, T0 + 1499 * STEP)
+    rules = {
+        "min_normal_rows": 300,
+        "min_holdout_windows": 20,
+        "episode_margin": timedelta(minutes=20),
+    }
+
+    adapting = RetrainPolicy(new_normal_after=timedelta(hours=6), **rules)
+    result = challenge(champion, frame, [episode], adapting, SPEC, QUANTILE)
+    figures = result.decision.figures
+    assert result.decision.promote, result.decision.reason
+    assert figures["regime_changes"] == 1
+    assert figures["champion"]["false_alarm_rate"] > 0.5  # the champion alarms on the new level
+    assert figures["candidate"]["false_alarm_rate"] < 0.05
+    assert figures["candidate"]["episodes_detected"] == [True]  # the onset is still caught
+
+    # Without the rule the shifted rows are never normal: the round cannot adapt.
+    strict = RetrainPolicy(new_normal_after=None, **rules)
+    kept = challenge(champion, frame, [episode], strict, SPEC, QUANTILE)
+    assert not kept.decision.promote
+    assert kept.decision.figures["rows"]["normal"] < 400
+
+
+# -- the drift trigger ------------------------------------------------------------------------
+
+
+class _Decision:
+    def __init__(self, score: float, anomalous: bool) -> None:
+        self.score, self.anomalous = score, anomalous
+
+
+def test_drift_trigger_fires_after_patience_blocks_of_alarms_then_starts_over() -> None:
+    from monitor.retraining import DriftTrigger
+
+    trigger = DriftTrigger(
+        block_windows=100, max_anomalous_share=0.05, patience=3, validation_scores=np.ones(50)
+    )
+    calm = [_Decision(1.0, False)] * 100
+    stormy = [_Decision(1.0, i % 10 == 0) for i in range(100)]  # 10% above threshold
+
+    assert not trigger.observe(calm * 5)
+    assert not trigger.observe(stormy * 2)
+    assert not trigger.observe(calm)  # the run of drifting blocks is broken
+    assert not trigger.observe(stormy * 2)
+    assert trigger.observe(stormy)  # third drifting block in a row
+    assert trigger.last_block["anomalous_share"] == pytest.approx(0.1)
+    assert not trigger.observe(stormy * 2)  # counting starts over after firing
+    assert trigger.observe(stormy[:50] + stormy[50:])  # blocks span observe calls
+
+
+def test_drift_trigger_sees_the_error_distribution_move_under_a_following_threshold() -> None:
+    from monitor.retraining import DriftTrigger
+
+    trigger = DriftTrigger(
+        block_windows=10, max_score_ratio=3.0, patience=2, validation_scores=[1.0, 2.0, 3.0]
+    )
+    assert not trigger.observe([_Decision(5.9, False)] * 20)  # median 5.9 < 3 * 2
+    assert trigger.observe([_Decision(6.5, False)] * 20)
+    trigger.reset([10.0])  # a new model with larger errors: the same scores are fine
+    assert not trigger.observe([_Decision(6.5, False)] * 100)
+    with pytest.raises(ConfigError):
+        DriftTrigger(block_windows=0)
+
+
+def test_run_early_moves_the_scheduled_retrain_to_now() -> None:
+    from monitor.retraining import run_early
+
+    ran = threading.Event()
+
+    class _Job:
+        model_name = "drifty"
+        last_run = None
+
+        def run_once(self, now: datetime | None = None) -> None:
+            ran.set()
+
+    job: Any = _Job()
+    scheduler = build_scheduler(job, interval=timedelta(days=1))
+    scheduler.start()
+    try:
+        assert not ran.wait(0.5)  # the first run is a day away
+        assert run_early(scheduler, job)
+        assert ran.wait(10), "the early run did not happen"
+    finally:
+        scheduler.shutdown(wait=False)

@@ -47,3 +47,19 @@ def test_bad_value_is_named_with_the_value() -> None:
 def test_missing_settings_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_a_dict_setting_that_is_not_json_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MONITOR_DETECTOR__THRESHOLD", "{bad")
+    with pytest.raises(ConfigError, match="detector"):
+        load_settings()
+
+
+def test_null_in_the_environment_sets_an_optional_setting_to_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MONITOR_RETRAIN__DRIFT_MAX_ANOMALOUS_SHARE", "null")
+    monkeypatch.setenv("MONITOR_RETRAIN__NEW_NORMAL_AFTER_S", "null")
+    settings = load_settings()
+    assert settings.retrain.drift_trigger() is None
+    assert settings.retrain.policy().new_normal_after is None
