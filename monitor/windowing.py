@@ -87,6 +87,9 @@ _MAX_INFER_READINGS = 256
 # already closed (Kafka redelivers after a restart); older re-deliveries are reported LATE.
 _RECENT_READINGS = 64
 _SNAPSHOT_VERSION = 1
+# Rows beyond the window length that an entity's block holds: the block shifts its last
+# ``length - 1`` rows to the front once every this many rows.
+_BLOCK_SLACK = 16
 
 
 def _to_us(timestamp: datetime) -> int:
@@ -253,6 +256,7 @@ class _Entity:
 
     def __init__(self, channels: tuple[str, ...] | None) -> None:
         self.channels = channels
+        self.channel_set = frozenset(channels or ())
         self.interval_us: int | None = None
         self.anchor_us: int | None = None
         self.newest_us: int | None = None
@@ -269,6 +273,14 @@ class _Entity:
         self.scan_k: int | None = None  # steps seg_start..scan_k are complete and were checked
         self.recent: deque[tuple[int, tuple[tuple[str, float], ...]]] = deque()
         self.recent_set: set[tuple[int, tuple[tuple[str, float], ...]]] = set()
+        # The complete rows of steps block_k0 .. block_k0 + block_n - 1 of segment block_seg, as
+        # one float array, so that a window is a slice of it rather than ``length`` lists turned
+        # into an array. Derived from ``rows`` (complete rows never change) and left out of
+        # snapshots: it is rebuilt from ``rows`` whenever it does not continue them.
+        self.block: np.ndarray | None = None
+        self.block_k0 = 0
+        self.block_n = 0
+        self.block_seg: int | None = None
 
     def remember(self, key: tuple[int, tuple[tuple[str, float], ...]]) -> None:
         self.recent.append(key)
@@ -450,7 +462,7 @@ class Windower:
                 channels = tuple(sorted(values))
             state = _Entity(channels)
         assert state.channels is not None
-        if not set(values) <= set(state.channels):
+        if not values.keys() <= state.channel_set:
             return Admission.WRONG_CHANNELS, []
         # The entity exists from its first usable reading (which fixed its channels).
         self._entities.setdefault(reading.entity, state)
@@ -547,7 +559,10 @@ class Windower:
         windows: list[Window] = []
         for k in sorted(step for step in state.open if step <= last):
             observed = state.open.pop(k)
-            means = {c: math.fsum(obs.values()) / len(obs) for c, obs in observed.items()}
+            means = {
+                c: math.fsum(obs.values()) / len(obs) if len(obs) > 1 else next(iter(obs.values()))
+                for c, obs in observed.items()
+            }
             windows.extend(self._observe(entity, state, k, means))
         state.closed_k = last
         return windows
@@ -600,13 +615,14 @@ class Windower:
         step = state.scan_k + 1
         while step <= k:
             row = rows[step - state.rows_k0]
-            if any(v is None for v in row):
+            if None in row:
                 break
+            block = self._append_complete(state, step, row)
             count = step - state.seg_start + 1
             if count >= config.length and (count - config.length) % config.stride == 0:
                 first = step - config.length + 1
-                assert first >= state.rows_k0, "window start evicted from the row buffer"
-                block = [rows[i - state.rows_k0] for i in range(first, step + 1)]
+                assert first >= state.block_k0, "window start evicted from the row block"
+                lo = first - state.block_k0
                 assert state.anchor_us is not None and state.interval_us is not None
                 windows.append(
                     Window(
@@ -614,9 +630,36 @@ class Windower:
                         start=_from_us(state.anchor_us + first * state.interval_us),
                         end=_from_us(state.anchor_us + step * state.interval_us),
                         channels=channels,
-                        values=np.array(block, dtype=np.float64).reshape(config.length, width),
+                        values=block[lo : lo + config.length].copy(),  # (length, width)
                     )
                 )
             state.scan_k = step
             step += 1
         return windows
+
+    def _append_complete(self, state: _Entity, step: int, row: list[float | None]) -> np.ndarray:
+        """Copy complete row ``step`` of the current segment into the entity's block."""
+        assert state.seg_start is not None
+        length = self.config.length
+        block = state.block
+        if (
+            block is None
+            or state.block_seg != state.seg_start
+            or state.block_k0 + state.block_n != step
+        ):
+            # A new segment, or a windower restored from a snapshot: start the block from the
+            # complete rows before this one that a window ending here can use.
+            if block is None:
+                block = state.block = np.empty((length + _BLOCK_SLACK, len(row)))
+            start = max(state.seg_start, state.rows_k0, step - length + 1)
+            for i in range(step - start):
+                block[i] = state.rows[start - state.rows_k0 + i]
+            state.block_k0, state.block_n, state.block_seg = start, step - start, state.seg_start
+        elif state.block_n == len(block):
+            keep = length - 1
+            block[:keep] = block[state.block_n - keep : state.block_n].copy()
+            state.block_k0 += state.block_n - keep
+            state.block_n = keep
+        block[state.block_n] = row
+        state.block_n += 1
+        return block
