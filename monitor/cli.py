@@ -310,7 +310,11 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def load_serving(settings: Settings) -> tuple[Any, Any]:
     """The configured model and the detector configuration around it, validated."""
+    import torch
+
     import models
+
+    torch.set_num_threads(settings.model.torch_threads)
     from monitor.errors import ConfigError
     from monitor.pipeline import DetectorConfig
 
@@ -539,8 +543,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
     from monitor.retraining import RetrainJob
 
+    torch.set_num_threads(settings.model.torch_threads)
     job = RetrainJob(settings, _registry(settings), settings.retrain.policy())
     decision = job.run_once()
     print(f"{decision.status}: {decision.reason}")

@@ -36,7 +36,7 @@ from models.base import Autoencoder
 from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_to_cloudevent
 from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics, producer_config
-from monitor.kafka.state import PartitionState, StateStore, key_digest
+from monitor.kafka.state import MAX_STATE_BYTES, PartitionState, StateStore, key_digest
 from monitor.observability import Metrics
 from monitor.pipeline import Detector, DetectorConfig, process_together
 from monitor.records import Reading, WindowDecision
@@ -190,6 +190,7 @@ class Daemon:
                 now = time.monotonic()
                 if batch:
                     self._handle(batch, publisher)
+                    self._report_lag(consumer)
                     last_activity = now
                 elif last_activity is None and consumer.assignment():
                     last_activity = now
@@ -228,7 +229,7 @@ class Daemon:
             try:
                 ensure_topics(self.settings)
                 consumer = KafkaConsumer(**consumer_config(self.settings))
-                producer = KafkaProducer(**producer_config(self.settings))
+                producer = KafkaProducer(**self._producer_config())
                 return consumer, producer
             except (KafkaError, BrokerError) as exc:
                 if self._stop.is_set() or time.monotonic() + delay_s > deadline:
@@ -335,9 +336,15 @@ class Daemon:
                 ensure_topics(self.settings)
                 self._replace_producer(publisher)
 
+    def _producer_config(self) -> dict[str, Any]:
+        # One producer writes events and the state snapshots, which can reach MAX_STATE_BYTES
+        # (thousands of entities per partition): the default 1 MB request limit would refuse
+        # them, and no checkpoint would ever commit.
+        return producer_config(self.settings, max_request_size=MAX_STATE_BYTES)
+
     def _replace_producer(self, publisher: Publisher) -> None:
         old = publisher.producer
-        publisher.producer = KafkaProducer(**producer_config(self.settings))
+        publisher.producer = KafkaProducer(**self._producer_config())
         if self._state is not None:
             self._state.producer = publisher.producer
         old.close(timeout=0)
@@ -508,6 +515,9 @@ class Daemon:
             if high is not None and position is not None:
                 lags[(tp.topic, tp.partition)] = max(0, high - position)
         self.metrics.set_lag(lags)
+        stamps = [ts for ts, _ in self._last_record.values() if ts is not None]
+        if stamps:
+            self.metrics.set_record_age(time.time() - max(stamps) / 1000)
         thresholds = [
             t.value
             for d in self.detectors.values()

@@ -178,12 +178,19 @@ class Metrics:
         )
         self.consumer_lag = _ReplacedGauge(
             "monitor_consumer_lag",
-            "Records between the committed offset and the log end, per assigned partition.",
+            "Records between the processed position and the log end last fetched, per assigned "
+            "partition (updated after every batch).",
             ("topic", "partition"),
         )
         r.register(self.consumer_lag)
         self.assigned_partitions = Gauge(
             "monitor_assigned_partitions", "Partitions assigned to this consumer.", registry=r
+        )
+        self.record_age = Gauge(
+            "monitor_record_age_seconds",
+            "Wall clock minus the Kafka timestamp of the last record processed: how far behind "
+            "the daemon is in time, whatever the broker says of its log end.",
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "monitor_batch_seconds",
@@ -285,6 +292,10 @@ class Metrics:
         self.consumer_lag.replace(
             {(topic, str(int(partition))): float(lag) for (topic, partition), lag in lags.items()}
         )
+
+    def set_record_age(self, seconds: float) -> None:
+        """Publish how old (by its Kafka timestamp) the last processed record was."""
+        self.record_age.set(max(0.0, seconds))
 
     def set_assigned_partitions(self, count: int) -> None:
         """Publish how many partitions the consumer group gave this daemon."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
-    SettingsError,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -218,6 +219,13 @@ class ModelSettings(_Section):
     kind: Literal["lstm", "dense", "conv", "vae"] = Field(
         "lstm", description="autoencoder variant that `monitor train` builds"
     )
+    torch_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch threads for scoring and retraining (1: several collapse on small "
+        "shared machines; bench/)",
+    )
     window: int = Field(
         64,
         ge=2,
@@ -410,6 +418,8 @@ def load_settings(file: str | Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"invalid settings: {problems}") from None
     except SettingsError as exc:  # e.g. a dict setting's environment variable is not JSON
         raise ConfigError(f"invalid settings: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {str(path)!r} is not valid TOML: {exc}") from None
     finally:
         _SETTINGS_FILE["path"] = None
 

@@ -449,3 +449,11 @@ def test_mask_secrets_masks_secret_objects_and_leaves_scalars() -> None:
     assert mask_secrets({"x": SecretStr()}) == {"x": "***"}
     assert mask_secrets((1, 2.5, None, True)) == (1, 2.5, None, True)
     assert mask_secrets("dsn sasl://u:pw@h") == "dsn sasl://u:***@h"
+
+
+def test_record_age_is_published_and_never_negative() -> None:
+    m = Metrics()
+    m.set_record_age(12.5)
+    assert m.value("monitor_record_age_seconds") == 12.5
+    m.set_record_age(-3.0)  # a producer clock ahead of ours
+    assert m.value("monitor_record_age_seconds") == 0.0
