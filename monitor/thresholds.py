@@ -37,9 +37,13 @@ normal windows are learnt the threshold would never accept the new level, so its
 never close and no later anomaly of the entity could open one. After ``n`` windows reported by
 ``learn_anomalous`` with no normal score learnt in between, the threshold restarts from those
 ``n`` scores, as from a warm start (with fewer than ``min_warm_scores`` of them), taking the new
-level as normal. The threshold forgets the old level and its tail: the price is that an anomaly
-lasting ``n`` windows is learnt as normal. ``n`` of a few window lengths keeps short anomalies
-out of it.
+level as normal. That first value comes from few scores, and only from windows that were above
+the old threshold (for a level shift, every window of the new level; for a burst of spikes, only
+the spikes), so it is provisional: the threshold keeps those scores and the normal scores it
+learns next, and once it holds ``min_warm_scores`` of them it restarts from all of them, a
+sample of the new level's whole distribution. The threshold forgets the old level and its tail:
+the price is that an anomaly lasting ``n`` windows is learnt as normal. ``n`` of a few window
+lengths keeps short anomalies out of it.
 
 Only normal windows are learnt: the caller passes a window's score to ``learn_one`` when it was
 judged normal, and to ``learn_anomalous`` when it was judged anomalous. ``learn_anomalous`` never
@@ -238,6 +242,8 @@ class Threshold(ABC):
         self._warm: list[float] = []
         # Scores of the anomalous windows since the last normal one (rebaseline_after > 0).
         self._streak: deque[float] = deque(maxlen=max(config.rebaseline_after, 1))
+        # After a re-baseline: the new level's scores so far, until min_warm_scores of them.
+        self._rebased: list[float] | None = None
 
     @property
     @abstractmethod
@@ -254,6 +260,7 @@ class Threshold(ABC):
         self._reset()
         self._warm = []
         self._streak.clear()
+        self._rebased = None
         finite = _finite(scores)
         if len(finite) >= min(self.config.min_warm_scores, _MIN_WARM_START):
             self._initialise(finite)
@@ -283,6 +290,13 @@ class Threshold(ABC):
                 warm, self._warm = self._warm, []
                 self._initialise(warm)
             return
+        if self._rebased is not None:
+            self._rebased.append(x)
+            if len(self._rebased) >= self.config.min_warm_scores:
+                # Enough of the new level: restart from all of it, not only the first streak.
+                scores, self._rebased = self._rebased, None
+                self._initialise(scores)
+                return
         self._learn(x)
 
     def learn_anomalous(self, score: float) -> None:
@@ -292,7 +306,8 @@ class Threshold(ABC):
         anomalies out does not drag its quantile down; ``"spot"`` may impute a censored peak
         (``spot_impute_censored``); ``"ewma"`` ignores it. With ``rebaseline_after = n``, the
         ``n``-th anomalous window in a row restarts the threshold from the scores of those ``n``
-        windows. Ignored while warming up.
+        windows (provisionally: see "Re-baselining" in the module docstring). Ignored while
+        warming up.
         """
         if not self._ready():
             return
@@ -305,6 +320,7 @@ class Threshold(ABC):
                 scores = list(self._streak)
                 self._streak.clear()
                 self._initialise(scores)
+                self._rebased = scores
                 return
         self._learn_anomalous(x)
 
@@ -319,6 +335,7 @@ class Threshold(ABC):
             "config": self.config.to_dict(),
             "warm": list(self._warm),
             "streak": list(self._streak),
+            "rebased": None if self._rebased is None else list(self._rebased),
             "state": self._state(),
         }
 
@@ -758,4 +775,6 @@ def threshold_from_snapshot(config: ThresholdConfig, snapshot: Mapping[str, Any]
     threshold._warm = [float(x) for x in snapshot["warm"]]
     threshold._restore(snapshot["state"])
     threshold._streak.extend(float(x) for x in snapshot.get("streak", ()))
+    rebased = snapshot.get("rebased")
+    threshold._rebased = None if rebased is None else [float(x) for x in rebased]
     return threshold

@@ -90,3 +90,24 @@ def test_rebaseline_after_is_validated(bad: object) -> None:
         ThresholdConfig(rebaseline_after=bad)  # type: ignore[arg-type]
     config = ThresholdConfig(rebaseline_after=64)
     assert ThresholdConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_provisional_threshold_from_a_burst_comes_down_once_the_new_level_is_known() -> None:
+    # A burst of spikes rebaselines the threshold at the spikes' level; once min_warm_scores
+    # scores of the new level are known, it restarts from all of them, where the burst is rarer
+    # than the risk q, so spikes are anomalous again. (SPOT needs this: its tail never comes
+    # down by itself; the quantile and EWMA methods forget the burst as they learn.)
+    config = ThresholdConfig(method="spot", spot_q=1e-2, rebaseline_after=5, min_warm_scores=3000)
+    rng = np.random.default_rng(4)
+    threshold = make_threshold(config)
+    threshold.warm_start(rng.exponential(size=2000))
+    for x in 50.0 + rng.exponential(size=5):
+        assert threshold.classify(x)
+        threshold.learn_anomalous(float(x))
+    provisional = threshold.value
+    assert provisional is not None and provisional > 50.0  # the burst is the new normal
+    run(threshold, 2.0 + rng.exponential(size=2994))  # 5 + 2994 scores of the new level
+    assert threshold.value == provisional
+    threshold.learn_one(2.5)  # the 3000th: restart from all of them
+    assert threshold.value is not None and 2.0 < threshold.value < 10.0
+    assert threshold.classify(50.0)
