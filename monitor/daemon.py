@@ -197,6 +197,7 @@ class Daemon:
                 if now - self._last_checkpoint >= k.commit_interval_s:
                     self._checkpoint(self._dirty)
                     self._report_lag(consumer)
+                    self._report_thresholds()
                 if (
                     self.idle_stop_s is not None
                     and last_activity is not None
@@ -518,6 +519,11 @@ class Daemon:
         stamps = [ts for ts, _ in self._last_record.values() if ts is not None]
         if stamps:
             self.metrics.set_record_age(time.time() - max(stamps) / 1000)
+
+    def _report_thresholds(self) -> None:
+        # Every entity's threshold: at checkpoints only, not after every batch.
+        if self.metrics is None:
+            return
         thresholds = [
             t.value
             for d in self.detectors.values()
