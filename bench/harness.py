@@ -238,7 +238,8 @@ def daemon_env(settings: Settings, *, http_port: int, threads: int) -> dict[str,
     env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
 
     def flatten(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
+        # Sections become one variable per field; a dict-valued setting is one JSON object.
+        if isinstance(value, dict) and "__" not in prefix:
             for key, item in value.items():
                 flatten(f"{prefix}__{key.upper()}", item)
         elif value is not None:

@@ -105,8 +105,6 @@ COARSE: dict[str, dict[str, Any]] = {
         rebase100_max_open=(
             {"detector": {"threshold": {"rebaseline_after": 100}, "episodes": {"max_open": 200}}}
         ),
-        retrain_recent=({"retrain_every_rows": 500, "retrain_on": "recent"}),
-        retrain_normal=({"retrain_every_rows": 500, "retrain_on": "normal"}),
         warm100=({"detector": {"threshold": {"min_warm_scores": 100}}}),
         no_learn_probation=({"learn_probation": False}),
         w8=({"model": {"window": 8, "latent_size": 4}}),
@@ -149,7 +147,6 @@ REFINE: dict[str, dict[str, Any]] = _variants(
     r_q5e3=({"detector": {"threshold": {"spot_q": 5e-3}}}),
     r_rebase75=({"detector": {"threshold": {"rebaseline_after": 75}}}),
     r_quantile=({"detector": {"threshold": {"method": "quantile", "quantile": 0.997}}}),
-    r_retrain2000=({"retrain_every_rows": 2000, "retrain_on": "recent"}),
 )
 
 # Second refinement, around r_n2of3 (2 of the last 3 windows open an episode).
@@ -163,8 +160,6 @@ REFINE.update(
         r2_cool128=({"detector": {"episodes": {"cooldown": 128, "close_after_quiet": 128}}}),
         r2_cool256=({"detector": {"episodes": {"cooldown": 256, "close_after_quiet": 128}}}),
         r2_q5e3=({"detector": {"threshold": {"spot_q": 5e-3}}}),
-        r2_retrain2000=({"retrain_every_rows": 2000, "retrain_on": "recent"}),
-        r2_retrain1000=({"retrain_every_rows": 1000, "retrain_on": "recent"}),
         r2_rebase40=({"detector": {"threshold": {"rebaseline_after": 40}}}),
         r2_rebase60=({"detector": {"threshold": {"rebaseline_after": 60}}}),
         r2_warm100=({"detector": {"threshold": {"min_warm_scores": 100}}}),
@@ -183,6 +178,20 @@ REFINE.update(
 # The recommended configuration: r2_n2of2 (mean over seeds 0-3: 52.4 standard).
 BEST: dict[str, Any] = REFINE["r2_n2of2"]
 
+# Production's retraining (RetrainPolicy + challenge on event time, ``monitor evaluate
+# --retrain``) on top of the best configuration: how often, on how much, with or without the
+# drift trigger. NAB's streams mostly step 5 minutes and span 2-10 weeks.
+_DAY = 86_400.0
+_NO_DRIFT = {"drift_max_anomalous_share": None}
+RETRAIN: dict[str, dict[str, Any]] = _variants(
+    BEST,
+    best_no_retrain={},
+    retrain_weekly=({"retrain": {"interval_s": 7 * _DAY, "span_s": 14 * _DAY, **_NO_DRIFT}}),
+    retrain_daily=({"retrain": {"interval_s": _DAY, "span_s": 7 * _DAY, **_NO_DRIFT}}),
+    retrain_weekly_drift=({"retrain": {"interval_s": 7 * _DAY, "span_s": 14 * _DAY}}),
+    retrain_daily_drift=({"retrain": {"interval_s": _DAY, "span_s": 7 * _DAY}}),
+)
+
 # Finalists and baselines, for more seeds.
 SEEDS: dict[str, dict[str, Any]] = {
     "defaults": COARSE["defaults"],
@@ -197,9 +206,10 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "refine": REFINE,
     "seeds": SEEDS,
     "best": {"best": BEST},
+    "retrain": RETRAIN,
 }
 GRIDS["all"] = {
-    name: c for grid in ("coarse", "refine", "seeds") for name, c in GRIDS[grid].items()
+    name: c for grid in ("coarse", "refine", "seeds", "retrain") for name, c in GRIDS[grid].items()
 }
 
 

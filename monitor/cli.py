@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="NAB windows JSON (default: found beside DATA)")
     p.add_argument("--ignore-columns", nargs="*", default=[], help="label columns to skip")
     p.add_argument("--workers", type=int, default=2, help="processes (one torch thread each)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="retrain as 'monitor run --retrain' does, on the replay's event-time clock "
+        "(the retrain.* settings; one training per round, so much slower)",
+    )
     _model_options(p)
     _common(p)
 
@@ -316,7 +322,6 @@ def load_serving(settings: Settings) -> tuple[Any, Any]:
 
     torch.set_num_threads(settings.model.torch_threads)
     from monitor.errors import ConfigError
-    from monitor.pipeline import DetectorConfig
 
     if settings.model.path is not None:
         model = models.load(settings.model.path)
@@ -327,14 +332,7 @@ def load_serving(settings: Settings) -> tuple[Any, Any]:
             "no model to serve: pass --model DIR (model.path) or promote one in the registry "
             f"at {settings.registry.path} (registry.path)"
         )
-    d = settings.detector
-    config = DetectorConfig.from_dicts(
-        window=d.window,
-        threshold=d.threshold,
-        episodes=d.episodes,
-        max_batch_windows=d.max_batch_windows,
-    ).for_model(model)
-    return model, config
+    return model, settings.detector.config().for_model(model)
 
 
 def print_event(event: dict[str, Any]) -> None:
@@ -388,8 +386,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
     """The hot swap of announced models, plus (``schedule``) retraining in this process:
     on its schedule, and early when the drift trigger fires."""
-    from datetime import timedelta
-
     from monitor.retraining import ModelFollower, RetrainJob, build_scheduler, run_early
 
     registry = _registry(settings)
@@ -397,11 +393,7 @@ def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
     scheduler = drift = None
     if schedule:
         job = RetrainJob(settings, registry, r.policy())
-        scheduler = build_scheduler(
-            job,
-            interval=None if r.cron else timedelta(seconds=r.interval_s or 86_400.0),
-            cron=r.cron,
-        )
+        scheduler = build_scheduler(job)
         drift = r.drift_trigger(_validation_scores(daemon.model))
         if drift is not None:
             # Runs in the daemon's loop; the early run happens on the scheduler's thread.
@@ -449,7 +441,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     from monitor.evaluation import EvaluationConfig, evaluate_path, format_table
 
-    config = EvaluationConfig.from_settings(settings)
+    config = EvaluationConfig.from_settings(settings, retrain=args.retrain)
     _, table = evaluate_path(
         args.data,
         args.out,
@@ -460,6 +452,10 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         progress=sys.stderr.isatty(),
     )
     print(format_table(table))
+    if "retrain_rounds" in table.attrs:
+        counts = table.attrs["retrain_rounds"]
+        figures = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none"
+        print(f"retrain rounds: {figures} (each file's are in OUT/<file>.retrain.json)")
     return 0
 
 

@@ -19,12 +19,19 @@ How one stream is replayed (:func:`evaluate_stream`)
        With ``learn_probation`` the thresholds and episodes learn from the probationary windows
        as the daemon does when it consumes a topic from its beginning; without it they are reset
        at the end of the probation, so the thresholds start from the model's validation scores.
-    4. With ``retrain_every_rows = k``, after every ``k`` rows past the probation a new model is
-       fitted on the most recent rows judged normal (``retrain_on="normal"``: rows outside an
-       episode; ``"recent"``: all rows), at most as many as the probation had, gaps closed up.
-       The Detector continues with the new model (windows and episodes kept) and each
-       threshold is warm-started from the new model's validation scores and its scores of those
-       rows' windows. A stand-in for the real retrain policy, kept simple on purpose.
+    4. With ``retrain`` (the settings of :class:`monitor.settings.RetrainSettings`), retraining
+       runs as in ``monitor run --retrain``, on the event-time clock (the latest reading's
+       timestamp): the :class:`~monitor.retraining.RetrainPolicy` of those settings says when
+       (:meth:`~monitor.retraining.RetrainPolicy.next_run` after the end of the probation and
+       after each round; runs a data gap skipped coalesce into one, as APScheduler's do) and,
+       with the drift trigger on, a drifting batch runs a round at once. Each round is
+       :func:`monitor.retraining.challenge`, the function the production job calls: on the
+       readings of the last ``span`` before the round (at most ``max_rows``), minus the rows
+       near the episodes the replay published so far (an open one reaches to the round), the
+       candidate is trained with the champion's hyper-parameters and seed and promoted only if
+       it is not worse. A promoted candidate replaces the live model with
+       :meth:`~monitor.pipeline.Detector.swap_model`, the daemon's hot swap: windows and
+       episodes carry on, thresholds re-warm from its validation scores.
 
 Per-row output (one row per input row, in input order)
     ``timestamp`` and ``value`` are the input's text (``value`` only for single-channel input).
@@ -50,7 +57,7 @@ Scoring (:func:`evaluate_path`)
 
 Example::
 
-    config = EvaluationConfig(model={"kind": "lstm", "window": 64})
+    config = EvaluationConfig(model={"kind": "lstm", "window": 16, "latent_size": 8})
     results, table = evaluate_path(Path("data"), Path("out"), config, workers=2)
     print(format_table(table))
 
@@ -67,7 +74,7 @@ import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -80,6 +87,7 @@ from monitor.errors import ConfigError
 from monitor.records import EpisodeEventKind, Reading
 from monitor.scoring import StreamResult, label_windows, probation_rows, score_stream
 from monitor.scoring import summary_table as _summary_table
+from monitor.settings import DetectorSettings, ModelSettings
 from monitor.streams import ENTITY, TIMESTAMP, load_stream
 
 __all__ = [
@@ -95,38 +103,46 @@ OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "alarm", "episode")
 _LABELS_FILE = "combined_windows.json"
 
 
+_WINDOW: int = ModelSettings.model_fields["window"].default  # for a model without a window
+
+
+def _default_settings() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, detector) as the daemon runs them with default settings."""
+    m, d = ModelSettings(), DetectorSettings()
+    model = {"kind": m.kind, "window": m.window, **m.hyperparameters}
+    return model, {"threshold": dict(d.threshold), "episodes": dict(d.episodes)}
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """One configuration for every evaluated file: model, streaming core, probation, retraining.
 
     Parameters:
         model: ``{"kind": ..., "window": ..., <hyper-parameter>: ...}``, the arguments of
-            :func:`models.build` (kind defaults to ``"lstm"``, window to 64 steps).
+            :func:`models.build` (default: the ``model`` settings' defaults, chosen on NAB;
+            a missing kind is ``"lstm"``, a missing window 16 steps).
         detector: ``{"window": {...}, "threshold": {...}, "episodes": {...},
             "max_batch_windows": n}``, the arguments of
             :meth:`monitor.pipeline.DetectorConfig.from_dicts`; the window's length and
-            channels come from the model.
+            channels come from the model (default: the ``detector`` settings' defaults).
         probation: NAB's probationary fraction: the first ``min(floor(probation * rows),
             probation * 5000)`` rows train the model and are not scored.
-        retrain_every_rows: ``None`` for no retraining; ``k`` to refit every ``k`` rows after
-            the probation.
-        retrain_on: the rows a refit learns from, the most recent ones up to the probation's
-            count: ``"normal"`` (rows outside every episode) or ``"recent"`` (all rows, so a
-            lasting change of regime becomes the new normal and its episode can close).
+        retrain: ``None`` for no retraining (``monitor run``), or the ``retrain`` settings
+            (:class:`monitor.settings.RetrainSettings` fields, e.g. ``{"interval_s": 604800}``;
+            missing ones take their defaults) to retrain as ``monitor run --retrain`` does.
         learn_probation: whether thresholds and episodes learn from the probationary windows
             (True, as the daemon replaying a topic from its start) or start afresh at its end.
-        seed: seeds model training (retrain ``j`` uses ``seed + j``).
+        seed: seeds model training, the first model's and every candidate's (as production).
         batch_rows: readings per :meth:`Detector.process` call (speed only).
 
     Raises:
         ConfigError: an unknown key or a bad value, named.
     """
 
-    model: Mapping[str, Any] = field(default_factory=lambda: {"kind": "lstm", "window": 64})
-    detector: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=lambda: _default_settings()[0])
+    detector: Mapping[str, Any] = field(default_factory=lambda: _default_settings()[1])
     probation: float = 0.15
-    retrain_every_rows: int | None = None
-    retrain_on: str = "normal"
+    retrain: Mapping[str, Any] | None = None
     learn_probation: bool = True
     seed: int = 0
     batch_rows: int = 512
@@ -145,19 +161,7 @@ class EvaluationConfig:
         self._detector_config()  # validates, naming the bad key
         if not 0.0 < self.probation < 1.0:
             raise ConfigError(f"evaluation probation must be in (0, 1), got {self.probation!r}")
-        if self.retrain_every_rows is not None and (
-            isinstance(self.retrain_every_rows, bool)
-            or not isinstance(self.retrain_every_rows, int)
-            or self.retrain_every_rows < 1
-        ):
-            raise ConfigError(
-                "evaluation retrain_every_rows must be None or an int >= 1, "
-                f"got {self.retrain_every_rows!r}"
-            )
-        if self.retrain_on not in ("normal", "recent"):
-            raise ConfigError(
-                f"evaluation retrain_on must be 'normal' or 'recent', got {self.retrain_on!r}"
-            )
+        self._retrain_settings()  # validates, naming the bad key
         if isinstance(self.batch_rows, bool) or not isinstance(self.batch_rows, int):
             raise ConfigError(f"evaluation batch_rows must be an int, got {self.batch_rows!r}")
         if self.batch_rows < 1:
@@ -169,7 +173,22 @@ class EvaluationConfig:
 
     @property
     def window(self) -> int:
-        return int(self.model.get("window", 64))
+        return int(self.model.get("window", _WINDOW))
+
+    def _retrain_settings(self) -> Any:
+        """The :class:`monitor.settings.RetrainSettings` of ``retrain``, or None."""
+        from pydantic import ValidationError
+
+        from monitor.settings import RetrainSettings
+
+        if self.retrain is None:
+            return None
+        try:
+            return RetrainSettings.model_validate(dict(self.retrain))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"invalid evaluation retrain.{where}: {first['msg']}") from exc
 
     def _detector_config(self) -> Any:
         from monitor.pipeline import DetectorConfig
@@ -190,8 +209,7 @@ class EvaluationConfig:
                 k: dict(v) if isinstance(v, Mapping) else v for k, v in self.detector.items()
             },
             "probation": self.probation,
-            "retrain_every_rows": self.retrain_every_rows,
-            "retrain_on": self.retrain_on,
+            "retrain": dict(self.retrain) if self.retrain is not None else None,
             "learn_probation": self.learn_probation,
             "seed": self.seed,
             "batch_rows": self.batch_rows,
@@ -207,12 +225,17 @@ class EvaluationConfig:
         return cls(**dict(data))
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> EvaluationConfig:
+    def from_settings(
+        cls, settings: Any, *, retrain: bool = False, **overrides: Any
+    ) -> EvaluationConfig:
         """The configuration the daemon would run, from a :class:`monitor.settings.Settings`.
 
-        ``overrides`` set the evaluation-only fields (probation, retrain_every_rows, ...).
+        ``retrain`` takes the settings' retraining too (``monitor run --retrain``);
+        ``overrides`` set the evaluation-only fields (probation, batch_rows, ...).
         """
         m, d = settings.model, settings.detector
+        if retrain:
+            overrides.setdefault("retrain", settings.retrain.model_dump(mode="json"))
         return cls(
             model={"kind": m.kind, "window": m.window, **dict(m.hyperparameters)},
             detector={
@@ -300,20 +323,21 @@ def evaluate_stream(
     alarm = np.zeros(rows, dtype=np.int8)
     episode = np.zeros(rows, dtype=np.int8)
     is_open, filled = False, 0  # episode[:filled] is final
-    retrains = 0
 
-    # Batch ends: every batch_rows readings, the end of the probation and each retrain point.
-    cuts = {len(readings)}
-    cuts.update(range(config.batch_rows, len(readings), config.batch_rows))
-    boundary_rows = [first_scored]
-    if config.retrain_every_rows is not None:
-        every = config.retrain_every_rows
-        boundary_rows += list(range(first_scored + every, rows, every))
-    cut_of_row = {int(np.searchsorted(fed, r)): r for r in boundary_rows}
-    cuts.update(k for k in cut_of_row if 0 < k < len(readings))
+    retrain = _Retraining.start(config, detector, values, times, entity, channels, first_scored)
+    probation_end = int(np.searchsorted(fed, first_scored))  # first reading past the probation
     bar = tqdm(total=rows, desc=path.name, unit="row", disable=not progress, leave=False)
     start = 0
-    for stop in sorted(cuts):
+    while start < len(readings):
+        if retrain is not None and retrain.due_before(int(fed_ns[start])):
+            # The clock reached a scheduled round: it sees every reading before this one.
+            retrain.run(detector, int(fed[start]), None)
+            continue
+        stop = min(start + config.batch_rows, len(readings))
+        if start < probation_end < stop:
+            stop = probation_end
+        if retrain is not None:
+            stop = retrain.cut(start, stop, fed_ns)
         out = detector.process(readings[start:stop])
         for decision in out.decisions:
             row = _emitting_row(decision.window.end + grace, fed_ns, fed)
@@ -327,31 +351,21 @@ def evaluate_stream(
                 alarm[row], is_open = 1, True
             elif event.kind is EpisodeEventKind.CLOSED:
                 is_open = False
-        last = int(fed[stop - 1]) + 1 if stop else 0  # rows before `last` are processed
+        last = int(fed[stop - 1]) + 1  # rows before `last` are processed
         episode[filled:last] = is_open
         filled = last
         bar.update(max(0, last - bar.n))
-        start = stop
-        boundary = cut_of_row.get(stop)
-        if boundary is None:
-            continue
-        if boundary == first_scored and not config.learn_probation:
+        if stop == probation_end and not config.learn_probation:
             state = detector.snapshot()
             state["thresholds"] = {}
             state["episodes"] = _empty_episodes(detector)
             detector = Detector.from_snapshot(model, detector_config, state)
             is_open = False
-        elif boundary > first_scored:
-            # Rows before `boundary` are known: refit on the most recent normal ones.
-            if config.retrain_on == "normal":
-                normal = episode[:boundary] == 0
-            else:
-                normal = np.ones(boundary, dtype=bool)
-            recent = _normal_rows(values, normal, boundary, first_scored)
-            if len(recent) >= 2 * window:
-                retrains += 1
-                model = _fit(models, config, channels, recent, config.seed + retrains)
-                detector = _swap_model(detector, model, detector_config, recent)
+        elif retrain is not None and stop > probation_end:
+            retrain.observe(out.events)
+            if retrain.drifting(out.decisions):
+                retrain.run(detector, last, stamps[int(fed[stop - 1])])
+        start = stop
     bar.update(rows - bar.n)
     bar.close()
     episode[filled:] = is_open
@@ -371,7 +385,7 @@ def evaluate_stream(
     out_frame["anomaly_score"] = result["anomaly_score"].to_numpy()
     out_frame["alarm"] = result["alarm"].to_numpy()
     out_frame["episode"] = result["episode"].to_numpy()
-    out_frame.attrs["retrains"] = retrains
+    out_frame.attrs["retrain_rounds"] = retrain.rounds if retrain is not None else []
     return out_frame
 
 
@@ -387,7 +401,7 @@ def _fit(
 ) -> Any:
     params = dict(config.model)
     kind = params.pop("kind", "lstm")
-    window = params.pop("window", 64)
+    window = params.pop("window", _WINDOW)
     model = models.build(kind, channels=tuple(channels), window=window, **params)
     model.fit(series, seed=seed)
     return model
@@ -423,23 +437,133 @@ def _empty_episodes(detector: Any) -> dict[str, Any]:
     return Episodes(detector.config.episodes).snapshot()
 
 
-def _swap_model(detector: Any, model: Any, detector_config: Any, recent: np.ndarray) -> Any:
-    """The detector continuing with ``model``: windows and episodes kept, thresholds rewarmed."""
-    from models.series import sliding_windows
-    from monitor.pipeline import Detector
-    from monitor.thresholds import make_threshold
+class _Retraining:
+    """Production's retraining on the replay's event-time clock (module docstring, step 4).
 
-    state = detector.snapshot()
-    state["thresholds"] = {}
-    swapped = Detector.from_snapshot(model, detector_config, state)
-    windows = sliding_windows(recent, model.window)  # (n, time, channels)
-    scores = model.score(windows).window if len(windows) else np.zeros(0)
-    warm = np.concatenate([np.asarray(model.report.validation_scores, dtype=float), scores])
-    for entity in detector.thresholds:
-        threshold = make_threshold(swapped.config.threshold)
-        threshold.warm_start(warm)
-        swapped.thresholds[entity] = threshold
-    return swapped
+    Holds the policy, the next scheduled round, the drift trigger and the episodes the replay
+    has published so far; ``rounds`` keeps every round's time, status and reason.
+    """
+
+    def __init__(
+        self,
+        settings: Any,
+        values: np.ndarray,
+        times: pd.Series,
+        entity: str,
+        channels: list[str],
+        seed: int,
+        drift: Any,
+        first_due: datetime,
+    ) -> None:
+        self.policy = settings.policy()
+        self.values = values
+        self.times = times
+        self.times_ns = pd.DatetimeIndex(times).as_unit("ns").asi8
+        self.entity = entity
+        self.channels = channels
+        self.seed = seed
+        self.drift = drift
+        self.next_due = first_due
+        self.starts: dict[datetime, datetime] = {}  # episode start -> latest window end
+        self.closed: set[datetime] = set()
+        self.rounds: list[dict[str, Any]] = []
+
+    @classmethod
+    def start(
+        cls,
+        config: EvaluationConfig,
+        detector: Any,
+        values: np.ndarray,
+        times: pd.Series,
+        entity: str,
+        channels: list[str],
+        first_scored: int,
+    ) -> _Retraining | None:
+        """The retraining of ``config`` for a replay whose first scored row is
+        ``first_scored`` (the daemon starts there, with the probation's model), or None."""
+        settings = config._retrain_settings()
+        if settings is None or first_scored >= len(times):
+            return None
+        begin = times.iloc[first_scored].to_pydatetime()
+        policy = settings.policy()
+        drift = settings.drift_trigger(_validation_scores(detector.model))
+        return cls(
+            settings, values, times, entity, channels, config.seed, drift, policy.next_run(begin)
+        )
+
+    def due_before(self, reading_ns: int) -> bool:
+        """True when the clock, at a reading stamped ``reading_ns``, has reached a round."""
+        return reading_ns >= pd.Timestamp(self.next_due).value
+
+    def cut(self, start: int, stop: int, fed_ns: np.ndarray) -> int:
+        """``stop``, or earlier so that a batch ends where the clock reaches the next round."""
+        due = int(np.searchsorted(fed_ns, pd.Timestamp(self.next_due).value, side="left"))
+        return due if start < due < stop else stop
+
+    def observe(self, events: Sequence[Any]) -> None:
+        """Remember the published episodes, as the job reads them back from the events topic."""
+        for event in events:
+            end = self.starts.get(event.episode_start, event.window_end)
+            self.starts[event.episode_start] = max(end, event.window_end)
+            if event.kind is EpisodeEventKind.CLOSED:
+                self.closed.add(event.episode_start)
+
+    def drifting(self, decisions: Sequence[Any]) -> bool:
+        return self.drift is not None and bool(self.drift.observe(decisions))
+
+    def run(self, detector: Any, stop_row: int, now: datetime | None) -> None:
+        """One round at ``now`` (default: the scheduled time) on the rows before ``stop_row``;
+        a promoted candidate is hot-swapped into ``detector``."""
+        from monitor.retraining import ModelSpec, challenge
+
+        policy = self.policy
+        scheduled = now is None
+        now = self.next_due if now is None else now
+        since = now - policy.span
+        known = np.arange(stop_row)
+        in_span = known[self.times_ns[:stop_row] >= pd.Timestamp(since).value]
+        complete = in_span[np.isfinite(self.values[in_span]).all(axis=1)][-policy.max_rows :]
+        frame = pd.DataFrame(self.values[complete], columns=self.channels)
+        frame.insert(0, "timestamp", self.times.iloc[complete].reset_index(drop=True))
+        frame.insert(0, "entity", self.entity)
+        episodes = []  # what the job reads back: episodes reaching into the span
+        for start, end in sorted(self.starts.items()):
+            end = end if start in self.closed else max(end, now)  # an open one reaches to now
+            if start <= now and end >= since - policy.episode_margin:
+                episodes.append((self.entity, start, end))
+        champion = detector.model
+        result = challenge(
+            champion,
+            frame,
+            episodes,
+            policy,
+            ModelSpec.of(champion, seed=self.seed),
+            detector.config.threshold,
+        )
+        decision = result.decision
+        if decision.promote and result.candidate is not None:
+            detector.swap_model(result.candidate)
+            if self.drift is not None:
+                self.drift.reset(_validation_scores(result.candidate))
+        self.rounds.append(
+            {
+                "at": now.isoformat(),
+                "scheduled": scheduled,
+                "status": decision.status,
+                "reason": decision.reason,
+            }
+        )
+        # The next round: after this one, past the readings already seen (runs coalesce).
+        self.next_due = policy.next_run(now)
+        if stop_row < len(self.times_ns):
+            clock = int(self.times_ns[stop_row])
+            while pd.Timestamp(self.next_due).value <= clock:
+                self.next_due = policy.next_run(self.next_due)
+
+
+def _validation_scores(model: Any) -> np.ndarray:
+    report = getattr(model, "report", None)
+    return np.asarray(report.validation_scores if report is not None else [], dtype=float)
 
 
 # -- a folder ----------------------------------------------------------------------------------
@@ -496,10 +620,15 @@ def evaluate_path(
             Results do not depend on it.
         progress: a progress bar over rows on stderr.
 
+    With retraining, each output has a sidecar ``<name>.retrain.json``: every round's time,
+    whether it was scheduled (else the drift trigger ran it), its status and reason.
+
     Returns:
         The scored streams' :class:`~monitor.scoring.StreamResult` (named by their labels key,
         e.g. ``realKnownCause/nyc_taxi.csv``, sorted) and :func:`monitor.scoring.summary_table`
-        of them (one row per category and ``overall``; empty if nothing was labelled).
+        of them (one row per category and ``overall``; empty if nothing was labelled); with
+        retraining, the table's ``attrs["retrain_rounds"]`` counts the rounds by status over
+        every file.
 
     Raises:
         ConfigError: ``data`` has no CSV, a file cannot be evaluated, or the labels file is
@@ -538,10 +667,12 @@ def evaluate_path(
         dynamic_ncols=True,
     )
     results: list[StreamResult] = []
+    statuses: dict[str, int] = {}
     try:
         if workers <= 1:
             for job in jobs:
-                result = _evaluate_one(job, config, label_data, tuple(ignore_columns))
+                result, rounds = _evaluate_one(job, config, label_data, tuple(ignore_columns))
+                _count(statuses, rounds)
                 if result is not None:
                     results.append(result)
                 bar.update(sizes[job[0]])
@@ -557,7 +688,8 @@ def evaluate_path(
                     for job in sorted(jobs, key=lambda j: -sizes[j[0]])
                 }
                 for future in as_completed(futures):
-                    result = future.result()
+                    result, rounds = future.result()
+                    _count(statuses, rounds)
                     if result is not None:
                         results.append(result)
                     bar.update(sizes[futures[future][0]])
@@ -565,7 +697,15 @@ def evaluate_path(
     finally:
         bar.close()
     results.sort(key=lambda r: r.name)
-    return results, _summary_table(results)
+    table = _summary_table(results)
+    if config.retrain is not None:
+        table.attrs["retrain_rounds"] = dict(sorted(statuses.items()))
+    return results, table
+
+
+def _count(statuses: dict[str, int], rounds: Sequence[Mapping[str, Any]]) -> None:
+    for entry in rounds:
+        statuses[entry["status"]] = statuses.get(entry["status"], 0) + 1
 
 
 def _init_worker() -> None:
@@ -584,7 +724,8 @@ def _evaluate_one(
     config: EvaluationConfig,
     label_data: Mapping[str, Any],
     ignore_columns: tuple[str, ...],
-) -> StreamResult | None:
+) -> tuple[StreamResult | None, list[dict[str, Any]]]:
+    """Evaluate, write and score one file: (its result if labelled, its retrain rounds)."""
     path, target, key = job
     try:
         frame = evaluate_stream(path, config, ignore_columns=ignore_columns)
@@ -594,15 +735,19 @@ def _evaluate_one(
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     frame.to_csv(tmp, index=False, float_format="%.6g")
     tmp.replace(target)
+    rounds = frame.attrs["retrain_rounds"]
+    if config.retrain is not None:
+        sidecar = target.with_name(target.name + ".retrain.json")
+        sidecar.write_text(json.dumps(rounds, indent=1) + "\n")
     if key is None:
-        return None
+        return None, rounds
     return score_stream(
         pd.to_datetime(frame["timestamp"], utc=True, format="mixed"),
         frame["alarm"].to_numpy(),
         label_windows(label_data, key),
         name=key,
         probation=config.probation,
-    )
+    ), rounds
 
 
 def format_table(table: pd.DataFrame) -> str:

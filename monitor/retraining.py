@@ -145,7 +145,10 @@ class RetrainPolicy:
     """When to retrain, on what data, and when a candidate may replace the champion. Pure.
 
     Parameters:
-        interval: time between retrains on an event-time clock (:meth:`due`).
+        interval: time between retrains (any clock: wall time in production, event time in a
+            replay; see :meth:`next_run`).
+        cron: or a 5-field crontab (UTC) that wins over ``interval`` (APScheduler 3 numbers
+            weekdays from Monday = 0).
         span: how far back the training data reaches (e.g. 7 days).
         max_rows: cap on readings read back (the newest are kept).
         min_normal_rows: fewer normal rows than this and the retrain is skipped.
@@ -179,8 +182,10 @@ class RetrainPolicy:
     require_episode_detection: bool = True
     max_episode_share_decrease: float = 0.2
     new_normal_after: timedelta | None = timedelta(hours=12)
+    cron: str | None = None
 
     def __post_init__(self) -> None:
+        self.trigger()  # validates the crontab
         for name in ("interval", "span"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigError(f"RetrainPolicy.{name} must be > 0, got {getattr(self, name)}")
@@ -203,9 +208,31 @@ class RetrainPolicy:
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"RetrainPolicy.{name} must be >= 0, got {getattr(self, name)}")
 
+    def trigger(self) -> IntervalTrigger | CronTrigger:
+        """The APScheduler trigger of :attr:`cron`, else of :attr:`interval` (UTC)."""
+        if self.cron is None:
+            return IntervalTrigger(seconds=self.interval.total_seconds(), timezone=UTC)
+        try:
+            return CronTrigger.from_crontab(self.cron, timezone=UTC)
+        except ValueError as exc:
+            raise ConfigError(f"invalid retrain cron expression {self.cron!r}: {exc}") from exc
+
+    def next_run(self, after: datetime) -> datetime:
+        """The first retrain time strictly after ``after`` on any clock (tz-aware).
+
+        With an interval that is ``after + interval``: what the production scheduler does after
+        a run at ``after`` (also an early one, :func:`run_early`); a crontab keeps its calendar.
+        """
+        if self.cron is None:
+            return after + self.interval
+        fire = self.trigger().get_next_fire_time(None, after + timedelta(microseconds=1))
+        if fire is None:  # pragma: no cover - a 5-field crontab always fires again
+            raise ConfigError(f"retrain cron expression {self.cron!r} never fires after {after}")
+        return fire.astimezone(UTC)
+
     def due(self, now: datetime, last_run: datetime | None) -> bool:
         """True if a retrain is due at ``now`` (any clock) after one at ``last_run``."""
-        return last_run is None or now - last_run >= self.interval
+        return last_run is None or now >= self.next_run(last_run)
 
     def split_episodes(
         self, episodes: Sequence[EpisodeLike]
@@ -997,33 +1024,23 @@ def _run_scheduled(job: RetrainJob) -> None:
 def build_scheduler(
     job: RetrainJob,
     *,
-    interval: timedelta | None = None,
-    cron: str | None = None,
     misfire_grace_s: float | None = None,
     first_run: datetime | None = None,
 ) -> BackgroundScheduler:
     """A (not yet started) APScheduler BackgroundScheduler running ``job.run_once``.
 
-    Exactly one of ``interval`` or ``cron`` (a 5-field crontab, UTC; note APScheduler 3
-    numbers weekdays from Monday = 0). ``max_instances=1``: a run never overlaps the previous
-    one in this process (the registry lease covers other processes); ``coalesce=True``: runs
-    missed while the process was busy or asleep collapse into one; ``misfire_grace_s``: how
-    late a run may still start (default: half the interval, or an hour for cron).
-    ``first_run`` sets the first run time (e.g. now); by default the trigger decides.
+    When it runs is the job's policy (:meth:`RetrainPolicy.trigger`, its interval or crontab,
+    the same schedule the replay evaluation follows on event time). ``max_instances=1``: a
+    run never overlaps the previous one in this process (the registry lease covers other
+    processes); ``coalesce=True``: runs missed while the process was busy or asleep collapse
+    into one; ``misfire_grace_s``: how late a run may still start (default: half the interval,
+    or an hour for cron). ``first_run`` sets the first run time (e.g. now); by default the
+    trigger decides.
     """
-    if (interval is None) == (cron is None):
-        raise ConfigError("retraining needs exactly one of an interval or a cron expression")
-    if interval is not None:
-        if interval <= timedelta(0):
-            raise ConfigError(f"retrain interval must be > 0, got {interval}")
-        trigger: Any = IntervalTrigger(seconds=interval.total_seconds(), timezone=UTC)
-        grace = misfire_grace_s if misfire_grace_s is not None else interval.total_seconds() / 2
-    else:
-        try:
-            trigger = CronTrigger.from_crontab(str(cron), timezone=UTC)
-        except ValueError as exc:
-            raise ConfigError(f"invalid retrain cron expression {cron!r}: {exc}") from exc
-        grace = misfire_grace_s if misfire_grace_s is not None else 3600.0
+    policy = job.policy
+    trigger = policy.trigger()
+    if misfire_grace_s is None:
+        misfire_grace_s = 3600.0 if policy.cron else policy.interval.total_seconds() / 2
     scheduler = BackgroundScheduler(timezone=UTC)
     options: dict[str, Any] = {}
     if first_run is not None:
@@ -1036,7 +1053,7 @@ def build_scheduler(
         name=f"retrain {job.model_name}",
         max_instances=1,
         coalesce=True,
-        misfire_grace_time=max(1, int(grace)),
+        misfire_grace_time=max(1, int(misfire_grace_s)),
         replace_existing=True,
         **options,
     )

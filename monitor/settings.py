@@ -18,7 +18,15 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +52,18 @@ __all__ = [
     "settings_reference",
     "update_readme",
 ]
+
+
+# Defaults chosen on NAB (bench/nab_sweep.py, README "Detection quality"). A dict given for
+# these settings is merged over them, so setting one key keeps the others.
+_NAB_HYPERPARAMETERS: dict[str, Any] = {"latent_size": 8}
+_NAB_THRESHOLD: dict[str, Any] = {"spot_q": 3e-3, "rebaseline_after": 50}
+_NAB_EPISODES: dict[str, Any] = {"open_after": 2, "open_within": 2}
+
+
+def _over(default: dict[str, Any], value: Any) -> Any:
+    """``value`` merged over ``default`` when it is a dict (else left for validation)."""
+    return {**default, **value} if isinstance(value, dict) else value
 
 
 class _Section(BaseModel):
@@ -170,6 +190,14 @@ class KafkaSettings(_Section):
     poll_timeout_ms: int = Field(
         500, ge=10, le=60_000, description="how long one poll waits for records"
     )
+    fetch_max_wait_ms: int = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description="how long the broker may hold a fetch that has less than "
+        "fetch_min_bytes; kafka-python's default 500 ms is added to the latency of a reading "
+        "that arrives while a fetch waits",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a consumer group without committed offsets starts"
     )
@@ -227,14 +255,21 @@ class ModelSettings(_Section):
         "shared machines; bench/)",
     )
     window: int = Field(
-        64,
+        16,
         ge=2,
         le=4096,
-        description="window length in steps of the models trained; a served model brings its own",
+        description="window length in steps of the models trained; a served model brings its own "
+        "(16: chosen on NAB, see the README)",
     )
     seed: int = Field(0, description="random seed of training")
     hyperparameters: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of the variant's Config defaults"
+        default_factory=lambda: dict(_NAB_HYPERPARAMETERS),
+        description="overrides of the variant's Config defaults (keys given are merged over the "
+        "default, chosen on NAB)",
+    )
+
+    _merge_hyperparameters = field_validator("hyperparameters", mode="before")(
+        lambda value: _over(_NAB_HYPERPARAMETERS, value)
     )
 
 
@@ -247,13 +282,34 @@ class DetectorSettings(_Section):
         default_factory=dict, description="overrides of the windowing defaults (WindowConfig)"
     )
     threshold: dict[str, Any] = Field(
-        default_factory=dict,
-        description="overrides of the adaptive threshold defaults (ThresholdConfig)",
+        default_factory=lambda: dict(_NAB_THRESHOLD),
+        description="overrides of the adaptive threshold defaults (ThresholdConfig; keys given "
+        "are merged over the default, chosen on NAB)",
     )
     episodes: dict[str, Any] = Field(
-        default_factory=dict, description="overrides of the alarm episode defaults (EpisodeConfig)"
+        default_factory=lambda: dict(_NAB_EPISODES),
+        description="overrides of the alarm episode defaults (EpisodeConfig; keys given are "
+        "merged over the default, chosen on NAB)",
     )
     max_batch_windows: int = Field(4096, ge=1, description="windows per model call")
+
+    _merge_threshold = field_validator("threshold", mode="before")(
+        lambda value: _over(_NAB_THRESHOLD, value)
+    )
+    _merge_episodes = field_validator("episodes", mode="before")(
+        lambda value: _over(_NAB_EPISODES, value)
+    )
+
+    def config(self) -> Any:
+        """The :class:`monitor.pipeline.DetectorConfig` these settings describe (validated)."""
+        from monitor.pipeline import DetectorConfig
+
+        return DetectorConfig.from_dicts(
+            window=self.window,
+            threshold=self.threshold,
+            episodes=self.episodes,
+            max_batch_windows=self.max_batch_windows,
+        )
 
 
 class RegistrySettings(_Section):
@@ -307,6 +363,17 @@ class RetrainSettings(_Section):
     drift_block_windows: int = Field(1_000, ge=1, description="windows per drift block")
     drift_patience: int = Field(3, ge=1, description="drifting blocks in a row before retraining")
 
+    @model_validator(mode="after")
+    def _valid_cron(self) -> RetrainSettings:
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron)
+            except ValueError as exc:
+                raise ValueError(f"retrain.cron={self.cron!r} is not a crontab: {exc}") from exc
+        return self
+
     def drift_trigger(self, validation_scores: Any = ()) -> Any:
         """The DriftTrigger these settings describe, or None when it is off."""
         from monitor.retraining import DriftTrigger
@@ -329,6 +396,7 @@ class RetrainSettings(_Section):
 
         return RetrainPolicy(
             interval=timedelta(seconds=self.interval_s or 86_400.0),
+            cron=self.cron,
             span=timedelta(seconds=self.span_s),
             max_rows=self.max_rows,
             min_normal_rows=self.min_normal_rows,
@@ -582,10 +650,14 @@ def _walk_model(
             parts.append(section[2] or f"the rows below are the keys of `{_name(section[0])}`")
         rows.append(SettingDoc(key, env, _render(default), _join(parts), json=is_dict))
         if section is not None:
-            rows.extend(_dataclass_rows(key, env, *section[:2]))
+            rows.extend(_dataclass_rows(key, env, *section[:2], dict(default or {})))
 
 
-def _dataclass_rows(key: str, env: str, cls: type, skip: frozenset[str]) -> list[SettingDoc]:
+def _dataclass_rows(
+    key: str, env: str, cls: type, skip: frozenset[str], given: dict[str, Any]
+) -> list[SettingDoc]:
+    """One row per field of ``cls``; a key the setting's default dict ``given`` sets shows that
+    value (what the monitor runs with) and the dataclass's own default in its text."""
     docs = _field_docs(cls)
     own = set(vars(cls).get("__annotations__", {}))
     inherited = len([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]) > 1
@@ -600,6 +672,9 @@ def _dataclass_rows(key: str, env: str, cls: type, skip: frozenset[str]) -> list
         else:  # pragma: no cover - every Config field has a default
             default = None
         parts = [docs.get(f.name) or f"see `{_name(cls)}`"]
+        if f.name in given:
+            parts.append(f"default chosen on NAB; `{cls.__name__}` alone has `{_render(default)}`")
+            default = given[f.name]
         if inherited and f.name in own:
             parts.append(f"{getattr(cls, 'kind', '') or cls.__name__} only")
         parts.append(_NOTES.get(f"{key}.{f.name}", ""))

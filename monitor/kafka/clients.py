@@ -59,6 +59,7 @@ def consumer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "session_timeout_ms": k.session_timeout_ms,
         "heartbeat_interval_ms": k.heartbeat_ms,
         "max_poll_records": k.max_poll_records,
+        "fetch_max_wait_ms": k.fetch_max_wait_ms,
         # A batch (decode, score, publish, commit) must finish well within this.
         "max_poll_interval_ms": 300_000,
         "key_deserializer": None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -88,6 +91,37 @@ def test_evaluate_writes_every_row_and_prints_the_table(tmp_path: Path) -> None:
     assert list(result["timestamp"]) == list(source["timestamp"])
     assert result["anomaly_score"].between(0, 1).all()
     assert result["alarm"].sum() >= 1
+
+
+def test_evaluate_retrain_runs_production_rounds_on_event_time(tmp_path: Path) -> None:
+    rows = 3000
+    steps = np.arange(rows)
+    values = 10 + np.sin(2 * np.pi * steps / 48) + 0.05 * np.random.default_rng(0).normal(size=rows)
+    values[1500:] += 3.0  # a lasting new level: only retraining ends its episode
+    times = pd.date_range("2024-01-01", periods=rows, freq="5min")
+    data = tmp_path / "data"
+    data.mkdir()
+    frame = pd.DataFrame({"timestamp": times.strftime("%Y-%m-%d %H:%M:%S"), "value": values})
+    frame.to_csv(data / "shift.csv", index=False)
+    env = _env_plain() | {
+        "MONITOR_RETRAIN__INTERVAL_S": "86400",
+        "MONITOR_RETRAIN__SPAN_S": str(3 * 86400),
+        "MONITOR_RETRAIN__MIN_NORMAL_ROWS": "300",
+        "MONITOR_RETRAIN__NEW_NORMAL_AFTER_S": str(6 * 3600),
+        "MONITOR_RETRAIN__DRIFT_MAX_ANOMALOUS_SHARE": "null",
+    }
+    args = ["evaluate", str(data), "--out", str(tmp_path / "out"), "--workers", "1"]
+    out = _monitor([*args, "--retrain", "--param", "epochs=10"], env)
+    rounds = json.loads((tmp_path / "out" / "shift.csv.retrain.json").read_text())
+    # Daily rounds from the end of the probation (450 rows) to the last row.
+    assert len(rounds) == (rows - 1 - 450) // 288
+    assert all(r["scheduled"] for r in rounds)
+    promoted = sum(r["status"] == "promoted" for r in rounds)
+    assert promoted >= 1, rounds
+    assert re.search(rf"retrain rounds: .*{promoted} promoted", out), out
+    # Without --retrain nothing retrains and no sidecar is written.
+    _monitor([*args[:3], str(tmp_path / "plain"), *args[4:], "--param", "epochs=10"], env)
+    assert not (tmp_path / "plain" / "shift.csv.retrain.json").exists()
 
 
 def _env_plain() -> dict[str, str]:

@@ -82,11 +82,12 @@ def make_fleet(
     return Fleet(readings, spikes)
 
 
-def reference_event_ids(model: Autoencoder, fleet: Fleet) -> set[str]:
-    """Ids of the events an uninterrupted, in-process run of the same core reports."""
+def reference_event_ids(model: Autoencoder, fleet: Fleet, settings: Settings) -> set[str]:
+    """Ids of the events an uninterrupted, in-process run of the same core reports (with the
+    daemons' detector settings)."""
     from monitor.formats import event_id
 
-    detector = Detector(model)
+    detector = Detector(model, settings.detector.config())
     ids: set[str] = set()
     for start in range(0, len(fleet.readings), 2000):
         out = detector.process(fleet.readings[start : start + 2000])

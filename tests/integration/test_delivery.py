@@ -53,7 +53,7 @@ def _check_accounting(
     assert len(sources) == len(BAD)
     assert {r.value for r in dead} == {v for _, v in BAD}
 
-    expected = reference_event_ids(model, fleet)
+    expected = reference_event_ids(model, fleet, settings)
     assert expected, "the reference run found no anomaly: the scenario tests nothing"
     events = [json.loads(r.value) for r in read_topic(settings.bootstrap, k.events_topic, 1)]
     ids = Counter(e["id"] for e in events)

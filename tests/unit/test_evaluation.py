@@ -124,7 +124,8 @@ def test_folder_run_writes_each_file_at_its_relative_path_and_scores_it(tmp_path
     labels.write_text(json.dumps({"spiky/a.csv": [[stamps[990], stamps[1040]]], "quiet/b.csv": []}))
     assert find_labels(data) == labels
     out = tmp_path / "out"
-    config = EvaluationConfig(**{**CONFIG.to_dict(), "retrain_every_rows": 600})
+    retrain = {"interval_s": 86_400.0, "min_normal_rows": 200, "drift_max_anomalous_share": None}
+    config = EvaluationConfig(**{**CONFIG.to_dict(), "retrain": retrain})
 
     results, table = evaluate_path(data, out, config, workers=1, progress=False)
 
@@ -151,6 +152,12 @@ def test_folder_run_writes_each_file_at_its_relative_path_and_scores_it(tmp_path
     assert spiky.true_positives == 1 and spiky.delays_rows[0] == 10
     rendered = format_table(table)
     assert rendered.splitlines()[0].startswith("| category") and "overall" in rendered
+    # Each file's retrain rounds are kept beside its output and counted over the folder.
+    rounds = json.loads((out / "spiky" / "a.csv.retrain.json").read_text())
+    assert rounds and {r["status"] for r in rounds} <= {"promoted", "rejected", "skipped"}
+    total = sum(table.attrs["retrain_rounds"].values())
+    files = ("spiky/a.csv", "quiet/b.csv", "c.csv")
+    assert total == sum(len(json.loads((out / f"{n}.retrain.json").read_text())) for n in files)
 
 
 def test_wide_semicolon_file_with_an_ignored_label_column(tmp_path: Path) -> None:
@@ -184,10 +191,16 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
         EvaluationConfig(detector={"threshold": {"method": "magic"}})
     with pytest.raises(ConfigError, match="hidden_sise"):
         EvaluationConfig(model={"kind": "lstm", "hidden_sise": 3})
-    with pytest.raises(ConfigError, match="retrain_every_rows"):
-        EvaluationConfig(retrain_every_rows=0)
+    with pytest.raises(ConfigError, match=r"retrain\.interval_s"):
+        EvaluationConfig(retrain={"interval_s": 0})
+    with pytest.raises(ConfigError, match=r"retrain\.every_row"):
+        EvaluationConfig(retrain={"every_row": 1})
+    with pytest.raises(ConfigError, match=r"retrain\.cron"):
+        EvaluationConfig(retrain={"cron": "every tuesday"})
     short = tmp_path / "short.csv"
     _write_stream(short, rows=100, spike=None)
     with pytest.raises(ConfigError, match="probation"):
         evaluate_stream(short, CONFIG)
     assert EvaluationConfig.from_dict(CONFIG.to_dict()) == CONFIG
+    with_retrain = EvaluationConfig(**{**CONFIG.to_dict(), "retrain": {"interval_s": 60.0}})
+    assert EvaluationConfig.from_dict(with_retrain.to_dict()) == with_retrain

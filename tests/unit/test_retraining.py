@@ -243,18 +243,32 @@ def test_challenge_trains_a_candidate_and_promotes_it_without_champion() -> None
     assert result.decision.figures["candidate"]["holdout_windows"] == 120 - 16 + 1
 
 
-def test_build_scheduler_sets_the_overlap_and_misfire_rules() -> None:
-    job = _CountingJob(seconds=0.0)
-    scheduler = build_scheduler(job, interval=timedelta(hours=1))  # type: ignore[arg-type]
+def test_build_scheduler_takes_the_policy_schedule_with_overlap_and_misfire_rules() -> None:
+    job = _CountingJob(seconds=0.0, policy=RetrainPolicy(interval=timedelta(hours=1)))
+    scheduler = build_scheduler(job)  # type: ignore[arg-type]
     (scheduled,) = scheduler.get_jobs()
     assert scheduled.max_instances == 1 and scheduled.coalesce
     assert scheduled.misfire_grace_time == 1800
-    cron = build_scheduler(job, cron="15 3 * * *")  # type: ignore[arg-type]
+    assert scheduled.trigger.interval == timedelta(hours=1)
+    job.policy = RetrainPolicy(cron="15 3 * * *")
+    cron = build_scheduler(job)  # type: ignore[arg-type]
     assert cron.get_jobs()[0].misfire_grace_time == 3600
-    with pytest.raises(ConfigError, match="exactly one"):
-        build_scheduler(job, interval=timedelta(hours=1), cron="* * * * *")  # type: ignore[arg-type]
+    assert str(cron.get_jobs()[0].trigger) == str(job.policy.trigger())
     with pytest.raises(ConfigError, match="cron expression"):
-        build_scheduler(job, cron="every tuesday")  # type: ignore[arg-type]
+        RetrainPolicy(cron="every tuesday")
+
+
+def test_next_run_is_what_the_scheduler_fires_on_any_clock() -> None:
+    every = RetrainPolicy(interval=timedelta(hours=6))
+    assert every.next_run(T0) == T0 + timedelta(hours=6)
+    daily = RetrainPolicy(cron="15 3 * * *")
+    first = daily.next_run(T0)
+    assert (first.hour, first.minute) == (3, 15) and first > T0
+    assert daily.next_run(first) == first + timedelta(days=1)  # strictly after
+    assert not daily.due(first + timedelta(hours=23), first)
+    assert daily.due(first + timedelta(days=1), first)
+    trigger = daily.trigger()
+    assert trigger.get_next_fire_time(None, T0) == first
 
 
 class _CountingJob:
@@ -262,8 +276,9 @@ class _CountingJob:
 
     model_name = "stub"
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, policy: RetrainPolicy | None = None) -> None:
         self.seconds = seconds
+        self.policy = policy or RetrainPolicy(interval=timedelta(days=1))
         self.runs = 0
         self.running = 0
         self.max_running = 0
@@ -281,12 +296,8 @@ class _CountingJob:
 
 
 def test_scheduled_runs_never_overlap() -> None:
-    job = _CountingJob(seconds=0.4)
-    scheduler = build_scheduler(
-        job,  # type: ignore[arg-type]
-        interval=timedelta(seconds=0.1),
-        first_run=datetime.now(UTC),
-    )
+    job = _CountingJob(seconds=0.4, policy=RetrainPolicy(interval=timedelta(seconds=0.1)))
+    scheduler = build_scheduler(job, first_run=datetime.now(UTC))  # type: ignore[arg-type]
     scheduler.start()
     try:
         deadline = time.monotonic() + 10
@@ -435,12 +446,13 @@ def test_run_early_moves_the_scheduled_retrain_to_now() -> None:
     class _Job:
         model_name = "drifty"
         last_run = None
+        policy = RetrainPolicy(interval=timedelta(days=1))
 
         def run_once(self, now: datetime | None = None) -> None:
             ran.set()
 
     job: Any = _Job()
-    scheduler = build_scheduler(job, interval=timedelta(days=1))
+    scheduler = build_scheduler(job)
     scheduler.start()
     try:
         assert not ran.wait(0.5)  # the first run is a day away

@@ -42,6 +42,9 @@ def test_bad_value_is_named_with_the_value() -> None:
         load_settings(kafka={"session_timeout_ms": 500})
     with pytest.raises(ConfigError, match="heartbeat_interval_ms"):
         load_settings(kafka={"session_timeout_ms": 3000, "heartbeat_interval_ms": 2000})
+    with pytest.raises(ConfigError, match=r"retrain\.cron='every tuesday' is not a crontab"):
+        load_settings(retrain={"cron": "every tuesday"})
+    assert load_settings(retrain={"cron": "0 6 * * 1"}).retrain.policy().cron == "0 6 * * 1"
 
 
 def test_missing_settings_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -63,3 +66,16 @@ def test_null_in_the_environment_sets_an_optional_setting_to_none(
     settings = load_settings()
     assert settings.retrain.drift_trigger() is None
     assert settings.retrain.policy().new_normal_after is None
+
+
+def test_a_dict_setting_is_merged_over_the_defaults_chosen_on_nab(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plain = load_settings()
+    assert plain.detector.threshold == {"spot_q": 3e-3, "rebaseline_after": 50}
+    assert plain.model.window == 16 and plain.model.hyperparameters == {"latent_size": 8}
+    monkeypatch.setenv("MONITOR_DETECTOR__THRESHOLD", '{"spot_q": 1e-4}')
+    settings = load_settings(model={"hyperparameters": {"hidden_size": 8}})
+    assert settings.detector.threshold == {"spot_q": 1e-4, "rebaseline_after": 50}
+    assert settings.model.hyperparameters == {"latent_size": 8, "hidden_size": 8}
+    assert settings.detector.episodes == {"open_after": 2, "open_within": 2}
