@@ -308,7 +308,7 @@ def evaluate_stream(
     # Readings of the rows with at least one finite value, in time order.
     present = np.isfinite(values)
     fed = np.flatnonzero(present.any(axis=1))
-    stamps = times.dt.to_pydatetime()
+    stamps = np.asarray(times.dt.to_pydatetime())  # positional
     readings = [
         Reading(
             entity=entity,

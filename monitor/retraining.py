@@ -627,7 +627,8 @@ class DriftTrigger:
     median score exceeds ``max_score_ratio`` times the median of the model's validation scores
     (the error distribution moved, even under a threshold that followed it). After
     ``patience`` drifting blocks in a row :meth:`observe` returns True once and the count
-    starts over; :meth:`reset` starts over for a new model.
+    starts over; :meth:`reset` starts over for a new model. Thread-safe: the daemon's loop
+    observes while the model follower's thread resets.
     """
 
     def __init__(
@@ -649,20 +650,26 @@ class DriftTrigger:
         self.max_anomalous_share = max_anomalous_share
         self.max_score_ratio = max_score_ratio
         self.patience = patience
+        self._lock = threading.Lock()
         self.reset(validation_scores)
 
     def reset(self, validation_scores: np.ndarray | Sequence[float] = ()) -> None:
         """Start over, judging scores against these validation scores (a new model's)."""
         scores = np.asarray(validation_scores, dtype=float)
         scores = scores[np.isfinite(scores)]
-        self.baseline = float(np.median(scores)) if scores.size else math.nan
-        self._scores: list[float] = []
-        self._anomalous = 0
-        self.drifting_blocks = 0
-        self.last_block: dict[str, float] = {}
+        with self._lock:
+            self.baseline = float(np.median(scores)) if scores.size else math.nan
+            self._scores: list[float] = []
+            self._anomalous = 0
+            self.drifting_blocks = 0
+            self.last_block: dict[str, float] = {}
 
     def observe(self, decisions: Iterable[Any]) -> bool:
         """Count window decisions (``.score``, ``.anomalous``); True when a retrain is due."""
+        with self._lock:
+            return self._observe(decisions)
+
+    def _observe(self, decisions: Iterable[Any]) -> bool:
         fire = False
         for decision in decisions:
             self._scores.append(float(decision.score))

@@ -54,7 +54,7 @@ class Stream:
 
     def readings(self) -> Iterator[Reading]:
         """Readings in time order, entities interleaved as they happened."""
-        times = self.frame[TIMESTAMP].dt.to_pydatetime()
+        times = np.asarray(self.frame[TIMESTAMP].dt.to_pydatetime())  # positional, any index
         entities = self.frame[ENTITY].to_numpy()
         values = self.frame[list(self.channels)].to_numpy(dtype=float)
         present = ~np.isnan(values)
