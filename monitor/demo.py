@@ -7,7 +7,6 @@ Kafka -> run the daemon until the replay is consumed -> print each anomaly event
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
@@ -18,9 +17,10 @@ import pandas as pd
 
 from monitor.broker import provide_broker
 from monitor.errors import ConfigError
+from monitor.labels import labelled_windows
 from monitor.settings import Settings
 
-__all__ = ["DEFAULT_STREAM", "labelled_windows", "run_demo", "sample_streams_dir"]
+__all__ = ["DEFAULT_STREAM", "run_demo", "sample_streams_dir"]
 
 DEFAULT_STREAM = "nab/artificialWithAnomaly/art_daily_jumpsup.csv"
 
@@ -28,28 +28,6 @@ DEFAULT_STREAM = "nab/artificialWithAnomaly/art_daily_jumpsup.csv"
 def sample_streams_dir() -> Path:
     """The repository's sample_streams/ folder (the package is installed from the checkout)."""
     return Path(__file__).resolve().parents[1] / "sample_streams"
-
-
-def labelled_windows(stream_path: Path) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
-    """NAB-format label windows for a stream: from ``labels.json`` beside the NAB folder, or
-    ``<name>.labels.json`` beside the file. Empty when the stream has no labels."""
-    candidates = [stream_path.with_suffix(".labels.json")]
-    for parent in stream_path.parents:
-        if (parent / "labels.json").is_file():
-            candidates.append(parent / "labels.json")
-            break
-    for labels_file in candidates:
-        if not labels_file.is_file():
-            continue
-        labels = json.loads(labels_file.read_text())
-        key = next(
-            (k for k in labels if stream_path.as_posix().endswith(k) or k == stream_path.stem),
-            None,
-        )
-        if key is None:
-            continue
-        return [(pd.Timestamp(a, tz="UTC"), pd.Timestamp(b, tz="UTC")) for a, b in labels[key]]
-    return []
 
 
 def run_demo(

@@ -84,6 +84,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from monitor.errors import ConfigError
+from monitor.labels import find_nab_labels, label_key, read_labels
 from monitor.records import EpisodeEventKind, Reading
 from monitor.scoring import StreamResult, label_windows, probation_rows, score_stream
 from monitor.scoring import summary_table as _summary_table
@@ -95,12 +96,10 @@ __all__ = [
     "EvaluationConfig",
     "evaluate_path",
     "evaluate_stream",
-    "find_labels",
     "format_table",
 ]
 
 OUTPUT_COLUMNS = ("timestamp", "value", "anomaly_score", "alarm", "episode")
-_LABELS_FILE = "combined_windows.json"
 
 
 _WINDOW: int = ModelSettings.model_fields["window"].default  # for a model without a window
@@ -569,35 +568,6 @@ def _validation_scores(model: Any) -> np.ndarray:
 # -- a folder ----------------------------------------------------------------------------------
 
 
-def find_labels(data: str | Path) -> Path | None:
-    """The ``combined_windows.json`` for ``data``: in a ``labels`` folder beside it or beside
-    one of its parents (NAB's layout ``<root>/data/<category>/<file>.csv`` with
-    ``<root>/labels/combined_windows.json``), or None."""
-    here = Path(data).resolve()
-    for folder in [here, *here.parents]:
-        candidate = folder.parent / "labels" / _LABELS_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _label_key(path: Path, root: Path, labels: Mapping[str, Any]) -> str | None:
-    """The labels key of ``path``: its path relative to ``root``, else the shortest matching
-    trailing part of its path (so a single file finds ``category/name.csv``)."""
-    try:
-        relative = path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        relative = path.name
-    if relative in labels:
-        return relative
-    parts = path.resolve().parts
-    for n in range(1, len(parts) + 1):
-        key = "/".join(parts[-n:])
-        if key in labels:
-            return key
-    return None
-
-
 def evaluate_path(
     data: str | Path,
     out: str | Path,
@@ -612,7 +582,8 @@ def evaluate_path(
 
     Each input's output CSV (see :func:`evaluate_stream`) is written at the same relative path
     under ``out`` (a single file: ``out/<name>``). Streams with an entry in the labels are
-    scored; the labels file is ``labels`` or, by default, :func:`find_labels` of ``data``.
+    scored; the labels file is ``labels`` or, by default, NAB's beside ``data``
+    (:func:`monitor.labels.find_nab_labels`).
 
     Parameters:
         workers: processes evaluating files in parallel, started with ``spawn`` (so a calling
@@ -649,15 +620,10 @@ def evaluate_path(
         raise ConfigError(f"evaluate: {str(data)!r} is neither a CSV file nor a folder")
     if not files:
         raise ConfigError(f"evaluate: no CSV file under {str(data)!r}")
-    labels_path = Path(labels) if labels is not None else find_labels(data)
-    label_data: Mapping[str, Any] = {}
-    if labels_path is not None:
-        try:
-            label_data = json.loads(labels_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"labels file {str(labels_path)!r}: {exc}") from exc
+    labels_path = Path(labels) if labels is not None else find_nab_labels(data)
+    label_data = read_labels(labels_path) if labels_path is not None else {}
 
-    jobs = [(f, out / f.relative_to(root), _label_key(f, root, label_data)) for f in files]
+    jobs = [(f, out / f.relative_to(root), label_key(f, root, label_data)) for f in files]
     sizes = {f: _count_rows(f) for f in files}
     bar = tqdm(
         total=sum(sizes.values()),

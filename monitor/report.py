@@ -37,9 +37,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,6 +50,7 @@ from tqdm.auto import tqdm
 
 from models.base import Autoencoder
 from monitor.errors import ConfigError
+from monitor.labels import find_labels_file, windows_for
 from monitor.pipeline import Detector, DetectorConfig
 from monitor.records import AnomalyEvent, EpisodeEventKind, Reading, WindowDecision
 
@@ -58,7 +58,6 @@ __all__ = [
     "EpisodeSummary",
     "Report",
     "build_report",
-    "find_report_labels",
     "parse_range",
     "project_2d",
     "render_html",
@@ -529,58 +528,11 @@ def _show(moment: Any) -> str:
 # -- sources: a CSV, or the topics ----------------------------------------------------------------
 
 
-def find_report_labels(csv: str | Path) -> Path | None:
-    """The labels file for a stream file, or None.
-
-    In this order: NAB's ``labels/combined_windows.json`` beside the data folder
-    (:func:`monitor.evaluation.find_labels`), ``<name>.labels.json`` beside the file (as
-    ``monitor generate`` writes them), the nearest ``labels.json`` in the file's folder or a
-    parent (as in ``sample_streams/nab``).
-    """
-    from monitor.evaluation import find_labels
-
-    path = Path(csv)
-    found = find_labels(path)
-    if found is not None:
-        return found
-    beside = path.with_suffix(".labels.json")
-    if beside.is_file():
-        return beside
-    for folder in path.resolve().parents:
-        if (folder / "labels.json").is_file():
-            return folder / "labels.json"
-    return None
-
-
 def _read_labels(
     labels_file: Path, entity: str, csv: Path | None
 ) -> tuple[list[Interval], str | None]:
-    """The entity's labelled windows and the key they were found under (None: no entry).
-
-    The key is the entity itself (``machines.labels.json``), the file's NAB key
-    (``category/name.csv``), or the one key whose file name is the entity's.
-    """
-    from monitor.evaluation import _label_key
-    from monitor.scoring import label_windows
-
-    try:
-        data = json.loads(labels_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"labels file {str(labels_file)!r}: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"labels file {str(labels_file)!r}: expected {{key: [[start, end]]}}")
-    key: str | None = entity if entity in data else None
-    if key is None and csv is not None:
-        key = _label_key(csv, labels_file.parent, data)
-    if key is None:
-        stems = [k for k in data if Path(k).stem == entity]
-        key = stems[0] if len(stems) == 1 else None
-    if key is None:
-        return [], None
-    try:
-        windows = label_windows(data, key)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"labels file {str(labels_file)!r}, key {key!r}: {exc}") from exc
+    """The entity's labelled windows (as datetimes) and their key (:func:`windows_for`)."""
+    windows, key = windows_for(labels_file, entity=entity, stream=csv)
     return [(a.to_pydatetime(), b.to_pydatetime()) for a, b in windows], key
 
 
@@ -610,7 +562,7 @@ def report_from_csv(
     The entity's rows are replayed through a Detector with ``model`` and ``config`` as the
     daemon would consume them from the start of a topic (see :func:`build_report`); the
     episodes are the ones this replay opens. ``labels`` is a NAB-style windows file; by
-    default :func:`find_report_labels` looks for one beside the CSV.
+    default :func:`monitor.labels.find_labels_file` looks for one beside the CSV.
 
     Raises:
         ConfigError: the file is not a stream we accept, the entity is unknown, or the
@@ -631,7 +583,7 @@ def report_from_csv(
     extra = [c for c in stream.channels if c not in model.channels]
     frame = stream.frame[stream.frame[ENTITY] == entity].reset_index(drop=True)
     own = Stream(frame[[TIMESTAMP, ENTITY, *model.channels]], model.channels, path)
-    labels_file = Path(labels) if labels is not None else find_report_labels(path)
+    labels_file = Path(labels) if labels is not None else find_labels_file(path)
     if labels is not None and not Path(labels).is_file():
         raise ConfigError(f"labels file {str(labels)!r} does not exist")
     spans, key = _read_labels(labels_file, entity, path) if labels_file else ([], None)

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from monitor.demo import labelled_windows
+from monitor.labels import labelled_windows
 from monitor.settings import Settings
 from tests.conftest import NAB, REPO, monitor_env
 

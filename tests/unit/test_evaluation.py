@@ -16,9 +16,9 @@ from monitor.evaluation import (
     _unit_score,
     evaluate_path,
     evaluate_stream,
-    find_labels,
     format_table,
 )
+from monitor.labels import find_nab_labels
 
 # A small dense model and a threshold that is ready within the probation keep each replay short.
 CONFIG = EvaluationConfig(
@@ -122,7 +122,7 @@ def test_folder_run_writes_each_file_at_its_relative_path_and_scores_it(tmp_path
     labels.parent.mkdir(parents=True)
     stamps = pd.date_range("2024-01-01", periods=1500, freq="5min").strftime("%Y-%m-%d %H:%M:%S")
     labels.write_text(json.dumps({"spiky/a.csv": [[stamps[990], stamps[1040]]], "quiet/b.csv": []}))
-    assert find_labels(data) == labels
+    assert find_nab_labels(data) == labels
     out = tmp_path / "out"
     retrain = {"interval_s": 86_400.0, "min_normal_rows": 200, "drift_max_anomalous_share": None}
     config = EvaluationConfig(**{**CONFIG.to_dict(), "retrain": retrain})

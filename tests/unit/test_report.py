@@ -16,12 +16,12 @@ import pytest
 import models
 from models.base import Autoencoder
 from monitor.errors import ConfigError
+from monitor.labels import find_labels_file
 from monitor.pipeline import DetectorConfig
 from monitor.records import Reading
 from monitor.report import (
     Report,
     build_report,
-    find_report_labels,
     parse_range,
     project_2d,
     render_html,
@@ -216,7 +216,7 @@ def test_a_csv_report_finds_the_labels_beside_the_file(
     fmt = "%Y-%m-%d %H:%M:%S"
     labels = {"e1": [[LABEL[0].strftime(fmt), LABEL[1].strftime(fmt)]], "e2": []}
     (tmp_path / "pumps.labels.json").write_text(json.dumps(labels))
-    assert find_report_labels(csv) == tmp_path / "pumps.labels.json"
+    assert find_labels_file(csv) == tmp_path / "pumps.labels.json"
 
     got = report_from_csv(csv, model, CONFIG, entity="e1", end=T0 + 900 * STEP)
     assert got.labels == (LABEL,) and got.source == str(csv)
@@ -230,7 +230,7 @@ def test_the_nab_samples_labels_are_found_by_the_files_key() -> None:
     from monitor.report import _read_labels
 
     csv = NAB / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
-    labels_file = find_report_labels(csv)
+    labels_file = find_labels_file(csv)
     assert labels_file == NAB / "labels.json"
     windows, key = _read_labels(labels_file, "art_daily_jumpsup", csv)
     assert key == "artificialWithAnomaly/art_daily_jumpsup.csv" and len(windows) == 1
