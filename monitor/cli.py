@@ -360,7 +360,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 host=settings.http_host,
                 port=settings.http_port,
                 ready=lambda: daemon.ready,
-                stale_after_s=max(60.0, 4 * settings.kafka.session_timeout_ms / 1000),
+                stale_after_s=settings.stale_after_s,
             )
             stack.enter_context(health)
             log.info("metrics and health on http://%s:%d/", settings.http_host, health.port)

@@ -440,9 +440,22 @@ class Settings(BaseSettings):
         description="port of /metrics, /healthz, /readyz; 0 = any free port; null = no HTTP "
         "endpoint",
     )
+    http_stale_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="/healthz answers 503 after this long without a loop beat (null: the larger "
+        "of 60 s and 4 session timeouts); raise it when one batch can take longer",
+    )
     shutdown_timeout_s: float = Field(
         30.0, gt=0, le=600, description="a graceful stop that takes longer is cut short"
     )
+
+    @property
+    def stale_after_s(self) -> float:
+        """When ``/healthz`` calls the loop stale (see ``http_stale_after_s``)."""
+        if self.http_stale_after_s is not None:
+            return self.http_stale_after_s
+        return max(60.0, 4 * self.kafka.session_timeout_ms / 1000)
 
     @classmethod
     def settings_customise_sources(

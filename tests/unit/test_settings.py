@@ -79,3 +79,11 @@ def test_a_dict_setting_is_merged_over_the_defaults_chosen_on_nab(
     assert settings.detector.threshold == {"spot_q": 1e-4, "rebaseline_after": 50}
     assert settings.model.hyperparameters == {"latent_size": 8, "hidden_size": 8}
     assert settings.detector.episodes == {"open_after": 2, "open_within": 2}
+
+
+def test_healthz_staleness_defaults_from_the_session_timeout_unless_set() -> None:
+    assert load_settings().stale_after_s == 60.0
+    assert load_settings(kafka={"session_timeout_ms": 30_000}).stale_after_s == 120.0
+    assert load_settings(http_stale_after_s=300).stale_after_s == 300.0
+    with pytest.raises(ConfigError, match="http_stale_after_s"):
+        load_settings(http_stale_after_s=0)
