@@ -189,13 +189,7 @@ def daemon_in_process(
         elif time.monotonic() > deadline:
             daemon.stop()
 
-    d = settings.detector
-    config = DetectorConfig.from_dicts(
-        window=d.window,
-        threshold=d.threshold,
-        episodes=d.episodes,
-        max_batch_windows=d.max_batch_windows,
-    )
+    config = settings.detector.config()
     daemon = Daemon(settings, model, config, metrics=Metrics(), heartbeat=beat)
     profiler = cProfile.Profile() if profile else None
     with profiler if profiler is not None else contextlib.nullcontext():
@@ -219,10 +213,17 @@ def daemon_in_process(
 
 
 def naive_loop(
-    records: list[Any], model: TorchAutoencoder, entities: int, *, limit: int, max_s: float
+    records: list[Any],
+    model: TorchAutoencoder,
+    entities: int,
+    *,
+    config: DetectorConfig,
+    limit: int,
+    max_s: float,
 ) -> dict[str, float]:
-    """(c) One reading at a time through ``Detector.process``: every window scored alone."""
-    detector = Detector(model, DetectorConfig())
+    """(c) One reading at a time through ``Detector.process`` (the daemon's detector settings):
+    every window scored alone."""
+    detector = Detector(model, config)
     warm = entities * WINDOW  # after these, every reading completes a window
     detector.process([decode_reading(r.key, r.value) for r in records[: warm - entities]])
     done, windows = 0, 0
@@ -252,7 +253,14 @@ def section_throughput(
     sent, produce_s = produce(bootstrap, settings.kafka.readings_topic, records)
     a = bare_consumer(settings, sent)
     b = daemon_in_process(settings, model, sent, profile=profile)
-    c = naive_loop(records, model, plan.entities, limit=plan.naive_readings, max_s=plan.naive_max_s)
+    c = naive_loop(
+        records,
+        model,
+        plan.entities,
+        config=settings.detector.config(),
+        limit=plan.naive_readings,
+        max_s=plan.naive_max_s,
+    )
     result = {
         "channels": channels,
         "entities": plan.entities,

@@ -1,15 +1,16 @@
 """Sweep named configurations over NAB: one configuration for every file, scored by NAB's rules.
 
 Run ``python -m bench.nab_sweep --data ../shared/datasets/nab/data`` (``--grid coarse``, the
-default, or ``refine``, ``seeds``, ``best``, ``all``; ``--only NAME,GLOB*`` picks configurations
-by name). Each configuration is one :class:`monitor.evaluation.EvaluationConfig` run through
+default, or ``refine``, ``seeds``, ``best``, ``retrain``, ``all``; ``--only NAME,GLOB*`` picks
+configurations by name). Each configuration is one
+:class:`monitor.evaluation.EvaluationConfig` run through
 :func:`monitor.evaluation.evaluate_path` over the whole folder (2 worker processes by default;
 a full run over NAB's 35 files takes 20-40 s on 2 idle cores with the window-16 LSTM, about a
-minute with the window-64 defaults, longer with retraining). The script prints, per
-configuration, the mean over seeds of the overall NAB standard / reward-low-FP / reward-low-FN
-scores (with the standard score's min-max), detected, missed and false-alarm counts and the
-wall time of one run, sorted by the standard score, and then
-:func:`monitor.evaluation.format_table` (per category and overall) of each seed of the best.
+minute with window 64, 2-15 minutes with retraining). The script prints, per configuration, the
+mean over seeds of the overall NAB standard / reward-low-FP / reward-low-FN scores (with the
+standard score's min-max), detected, missed and false-alarm counts and the wall time of one run,
+sorted by the standard score, and then :func:`monitor.evaluation.format_table` (per category
+and overall) of each seed of the best.
 
 Results go to ``--json`` (``runs/nab_sweep.json``), keyed ``name@seed``, with the
 configuration, the summary table, per-file counts and raw scores, the wall time and a hash of
@@ -27,8 +28,9 @@ the configuration recommended for the defaults (see ``BEST``).
 
 Findings (NAB's 35 files here, 55 windows; means over seeds 0-3 unless said otherwise):
 
-- The package defaults score 29-35 and the earlier reference (window 16, latent 8, SPOT risk
-  1e-3) 36-42 with this code (its 51.1 was one seed, with an older warm start). What moves a
+- The old package defaults (``old_defaults``: window 64, SPOT risk 1e-4, open on 3 of 5) score
+  29-35 and the earlier reference (window 16, latent 8, SPOT risk 1e-3) 36-42 with this code
+  (its 51.1 was one seed, with an older warm start). What moves a
   seed most is the threshold's warm start: when the post-probation error sits above the
   validation errors, every window is anomalous, the episode never closes and the rest of the
   file is lost.
@@ -41,6 +43,12 @@ Findings (NAB's 35 files here, 55 windows; means over seeds 0-3 unless said othe
   variants, or retraining every 1000/2000 rows in the replay (retraining every 500 rows helped a
   seed without re-baselining, at 15x the wall time). ``EpisodeConfig.max_open`` alone (closing an
   episode after 200 windows while the threshold still rejects the level) only re-alarms.
+- ``BEST`` became the package defaults (settings and ``EvaluationConfig``): 51.5 over seeds 0-3
+  with the code of that change (49.8-53.2).
+- Production's retraining in the replay (``--grid retrain``: ``RetrainPolicy`` + ``challenge()``
+  on event time) does not help on top of ``BEST``: weekly rounds on 14 days 50.4 over seeds 0-3
+  (47.9-53.6) at 4-5x the wall time; daily (seed 0) 52.3 at 25x; weekly with the drift trigger
+  (seed 0) 52.9.
 """
 
 from __future__ import annotations
@@ -86,7 +94,9 @@ def _variants(base: Mapping[str, Any], **variants: Mapping[str, Any]) -> dict[st
 
 
 COARSE: dict[str, dict[str, Any]] = {
-    "defaults": {},
+    "defaults": {},  # the package defaults: BEST since they were switched to it
+    # The package defaults before that (core dataclass defaults, window 64).
+    "old_defaults": {"model": {"kind": "lstm", "window": 64}, "detector": {}},
     "reference": REFERENCE,
     **_variants(
         REFERENCE,

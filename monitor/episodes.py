@@ -44,13 +44,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, Window, WindowDecision
 
-__all__ = ["EpisodeConfig", "Episodes", "severity_of"]
+__all__ = ["EpisodeConfig", "EpisodeSpan", "Episodes", "episode_spans", "severity_of"]
 
 _SNAPSHOT_VERSION = 1
 
@@ -324,11 +324,15 @@ class Episodes:
         config = self.config
         entity = decision.window.entity
         state = self._entities.get(entity)
-        if state is None:
-            state = _EntityEpisodes(recent=deque(maxlen=config.open_within))
-            self._entities[entity] = state
         threshold = decision.threshold
         anomalous = bool(decision.anomalous) and threshold is not None
+        if state is None:
+            if not anomalous:
+                # A normal window of an entity with nothing pending leaves it with nothing
+                # pending (the state below would be idle and dropped): the common case, for free.
+                return []
+            state = _EntityEpisodes(recent=deque(maxlen=config.open_within))
+            self._entities[entity] = state
         if threshold is not None:
             state.last_threshold = float(threshold)
         mark = self._mark(decision) if anomalous else None
@@ -509,3 +513,42 @@ class Episodes:
             for name, data in snapshot["entities"].items()
         }
         return episodes
+
+
+class EpisodeSpan(NamedTuple):
+    """An episode as its published events tell it: from its first anomalous window's start to
+    its last event's window end, or, while it is not closed, to the moment it is looked at."""
+
+    entity: str
+    start: datetime
+    end: datetime
+    closed: bool
+
+
+def episode_spans(
+    events: Iterable[AnomalyEvent], *, until: datetime, since: datetime | None = None
+) -> list[EpisodeSpan]:
+    """The episodes that ``events`` describe, as known at ``until``, sorted by entity and start.
+
+    Events are grouped by (entity, episode start); an episode without a CLOSED event is still
+    open and reaches ``until``. Only episodes that started by ``until`` and, with ``since``,
+    did not end before it are returned. The one reading of events that the retraining job
+    (from the events topic), the replay evaluation and ``monitor report`` share.
+    """
+    ends: dict[tuple[str, datetime], datetime] = {}
+    closed: set[tuple[str, datetime]] = set()
+    for event in events:
+        key = (event.entity, event.episode_start)
+        ends[key] = max(ends.get(key, event.window_end), event.window_end)
+        if event.kind is EpisodeEventKind.CLOSED:
+            closed.add(key)
+    spans = [
+        EpisodeSpan(entity, start, end, True)
+        if (entity, start) in closed
+        else EpisodeSpan(entity, start, max(end, until), False)
+        for (entity, start), end in ends.items()
+    ]
+    return sorted(
+        (s for s in spans if s.start <= until and (since is None or s.end >= since)),
+        key=lambda s: (s.entity, s.start),
+    )

@@ -83,6 +83,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from monitor.episodes import episode_spans
 from monitor.errors import ConfigError
 from monitor.labels import find_nab_labels, label_key, read_labels
 from monitor.records import EpisodeEventKind, Reading
@@ -463,8 +464,7 @@ class _Retraining:
         self.seed = seed
         self.drift = drift
         self.next_due = first_due
-        self.starts: dict[datetime, datetime] = {}  # episode start -> latest window end
-        self.closed: set[datetime] = set()
+        self.events: list[Any] = []  # what the replay published (AnomalyEvent)
         self.rounds: list[dict[str, Any]] = []
 
     @classmethod
@@ -500,12 +500,8 @@ class _Retraining:
         return due if start < due < stop else stop
 
     def observe(self, events: Sequence[Any]) -> None:
-        """Remember the published episodes, as the job reads them back from the events topic."""
-        for event in events:
-            end = self.starts.get(event.episode_start, event.window_end)
-            self.starts[event.episode_start] = max(end, event.window_end)
-            if event.kind is EpisodeEventKind.CLOSED:
-                self.closed.add(event.episode_start)
+        """Keep the published events, as the job reads them back from the events topic."""
+        self.events.extend(events)
 
     def drifting(self, decisions: Sequence[Any]) -> bool:
         return self.drift is not None and bool(self.drift.observe(decisions))
@@ -525,11 +521,9 @@ class _Retraining:
         frame = pd.DataFrame(self.values[complete], columns=self.channels)
         frame.insert(0, "timestamp", self.times.iloc[complete].reset_index(drop=True))
         frame.insert(0, "entity", self.entity)
-        episodes = []  # what the job reads back: episodes reaching into the span
-        for start, end in sorted(self.starts.items()):
-            end = end if start in self.closed else max(end, now)  # an open one reaches to now
-            if start <= now and end >= since - policy.episode_margin:
-                episodes.append((self.entity, start, end))
+        # What the job reads back: the episodes reaching into the span (an open one to now).
+        spans = episode_spans(self.events, until=now, since=since - policy.episode_margin)
+        episodes = [(s.entity, s.start, s.end) for s in spans]
         champion = detector.model
         result = challenge(
             champion,

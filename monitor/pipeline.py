@@ -127,11 +127,14 @@ class Detector:
     def collect(self, readings: Sequence[Reading], out: DetectorOutput) -> list[Window]:
         """First half of :meth:`process`: window the readings, return the completed windows."""
         pending: list[Window] = []
+        learn = self.windower.learn_one
+        accepted = Admission.ACCEPTED
         for index, reading in enumerate(readings):
-            result = self.windower.learn_one(reading)
-            if result.admission is Admission.ACCEPTED:
+            result = learn(reading)
+            if result.admission is accepted:
                 out.accepted += 1
-                pending.extend(result.windows)
+                if result.windows:
+                    pending.extend(result.windows)
             else:
                 out.rejected.append((index, result.admission.value))
         return pending
@@ -142,26 +145,39 @@ class Detector:
         Windows are judged in the order they were completed: per entity that is time order,
         which the thresholds and episodes rely on.
         """
+        version = self.model.version
+        thresholds = self.thresholds
+        episodes = self.episodes
+        decisions = out.decisions
+        events = out.events
+        # One conversion for the batch: the same Python floats as float(scores.window[i]).
+        window_scores = scores.window.tolist()
+        channel, step = scores.channel, scores.step
         for i, window in enumerate(windows):
-            threshold = self._threshold_for(window.entity)
-            score = float(scores.window[i])
+            entity = window.entity
+            threshold = thresholds.get(entity)
+            if threshold is None:
+                threshold = self._threshold_for(entity)
+            score = window_scores[i]
             anomalous = threshold.classify(score)
             decision = WindowDecision(
                 window=window,
-                model_version=self.model.version,
+                model_version=version,
                 score=score,
                 threshold=threshold.value,
                 anomalous=anomalous,
-                channel_errors=scores.channel[i],
-                step_errors=scores.step[i],
+                channel_errors=channel[i],
+                step_errors=step[i],
             )
             if anomalous:
                 # Tells the threshold a score exceeded it without teaching it the score itself.
                 threshold.learn_anomalous(score)
-            elif not self.episodes.is_open(window.entity):
+            elif not episodes.is_open(entity):
                 threshold.learn_one(score)
-            out.decisions.append(decision)
-            out.events.extend(self.episodes.learn_one(decision))
+            decisions.append(decision)
+            caused = episodes.learn_one(decision)
+            if caused:
+                events.extend(caused)
 
     def _attribute(self, window: Window) -> np.ndarray:
         """Each channel's share of the window's error, by the serving model (see Episodes)."""

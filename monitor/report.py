@@ -49,10 +49,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from models.base import Autoencoder
+from monitor.episodes import episode_spans
 from monitor.errors import ConfigError
 from monitor.labels import find_labels_file, windows_for
 from monitor.pipeline import Detector, DetectorConfig
-from monitor.records import AnomalyEvent, EpisodeEventKind, Reading, WindowDecision
+from monitor.records import AnomalyEvent, Reading, WindowDecision
 
 __all__ = [
     "EpisodeSummary",
@@ -407,20 +408,9 @@ def _episodes_from(
     events: Sequence[AnomalyEvent], *, until: datetime
 ) -> tuple[list[Interval], set[Interval]]:
     """(start, end) of the episodes the events describe, and those still open (which end at
-    ``until``).
-
-    The same reading of events as :func:`monitor.kafka.history.episodes_from_events`, on the
-    records rather than their CloudEvents (which would pull Kafka into the core).
-    """
-    ends: dict[datetime, datetime] = {}
-    closed: set[datetime] = set()
-    for event in events:
-        key = event.episode_start
-        ends[key] = max(ends.get(key, event.window_end), event.window_end)
-        if event.kind is EpisodeEventKind.CLOSED:
-            closed.add(key)
-    spans = [(a, b if a in closed else max(b, until)) for a, b in ends.items()]
-    return spans, {(a, b) for a, b in spans if a not in closed}
+    ``until``); see :func:`monitor.episodes.episode_spans`."""
+    spans = episode_spans(events, until=until)
+    return [(s.start, s.end) for s in spans], {(s.start, s.end) for s in spans if not s.closed}
 
 
 def _summarise(

@@ -34,11 +34,12 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
+from monitor.episodes import episode_spans
 from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_from_cloudevent
 from monitor.kafka.clients import consumer_config, producer_config
 from monitor.kafka.topics import ensure_compacted_topic
-from monitor.records import EpisodeEventKind, Reading
+from monitor.records import Reading
 from monitor.settings import Settings
 
 __all__ = [
@@ -325,26 +326,18 @@ def _cloudevents(records: Iterable[Any]) -> list[dict[str, Any]]:
 def episodes_from_events(
     events: Iterable[dict[str, Any]], *, until: datetime, since: datetime | None = None
 ) -> list[Episode]:
-    """Episodes (entity, start, end) from CloudEvents anomaly events; see recent_episodes."""
-    ends: dict[tuple[str, datetime], datetime] = {}
-    closed: set[tuple[str, datetime]] = set()
+    """Episodes (entity, start, end) from CloudEvents anomaly events (undecodable ones are
+    skipped); see :func:`monitor.episodes.episode_spans` and recent_episodes."""
+    decoded = []
     for obj in events:
         try:
-            event = event_from_cloudevent(obj)
+            decoded.append(event_from_cloudevent(obj))
         except (KeyError, TypeError, ValueError, InvalidReading):
             continue
-        key = (event.entity, event.episode_start)
-        ends[key] = max(ends.get(key, event.window_end), event.window_end)
-        if event.kind is EpisodeEventKind.CLOSED:
-            closed.add(key)
-    episodes = [
-        Episode(entity, start, end if (entity, start) in closed else max(end, until))
-        for (entity, start), end in ends.items()
+    return [
+        Episode(span.entity, span.start, span.end)
+        for span in episode_spans(decoded, until=until, since=since)
     ]
-    return sorted(
-        (e for e in episodes if e.start <= until and (since is None or e.end >= since)),
-        key=lambda e: (e.entity, e.start),
-    )
 
 
 # -- model announcements (a compacted topic) -------------------------------------------------

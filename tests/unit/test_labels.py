@@ -67,7 +67,7 @@ def test_sample_layout_uses_the_nearest_labels_json_and_a_unique_stem(tmp_path: 
 def test_a_broken_labels_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "labels.json"
     bad.write_text("{nope")
-    with pytest.raises(ConfigError, match="labels.json"):
+    with pytest.raises(ConfigError, match=r"labels\.json"):
         windows_for(bad, entity="a")
     _touch(bad, [1, 2])
     with pytest.raises(ConfigError, match="expected"):

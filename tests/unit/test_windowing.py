@@ -314,3 +314,14 @@ def test_partition_move_hands_over_some_entities() -> None:
         got = owner.learn_one(r)
         assert got.admission is out.admission
         assert [w.values.tolist() for w in got.windows] == [w.values.tolist() for w in out.windows]
+
+
+def test_negative_zero_is_a_duplicate_of_zero_after_its_step_closed() -> None:
+    windower = Windower(WindowConfig(length=2, interval_s=1.0))
+    first = windower.learn_one(Reading("a", T0, {"value": 0.0}))
+    windower.learn_one(Reading("a", T0 + timedelta(seconds=1), {"value": 1.0}))
+    again = windower.learn_one(Reading("a", T0, {"value": -0.0}))
+    assert first.admission is Admission.ACCEPTED
+    assert again.admission is Admission.DUPLICATE
+    restored = Windower.from_snapshot(windower.config, windower.snapshot())
+    assert restored.learn_one(Reading("a", T0, {"value": 0.0})).admission is Admission.DUPLICATE
