@@ -56,10 +56,6 @@ class PartitionState:
     last_timestamp_ms: int | None = None
     last_key_digest: str | None = None
 
-    @property
-    def key(self) -> bytes:
-        return f"{self.topic}/{self.partition}".encode()
-
     def encode(self) -> bytes:
         body = {
             "format": STATE_FORMAT,
@@ -95,12 +91,22 @@ def key_digest(key: bytes | None) -> str:
 
 
 class StateStore:
-    """Writes and reads partition snapshots on ``settings.kafka.state_topic``."""
+    """Writes and reads partition snapshots on ``settings.kafka.state_topic``.
+
+    A snapshot's key is ``<group>/<topic>/<partition>``: consumer groups that share the state
+    topic (say a production and a test group on one readings topic) never restore each other's
+    snapshots, whose offsets are another group's.
+    """
 
     def __init__(self, settings: Settings, producer: KafkaProducer) -> None:
         self.settings = settings
         self.topic = settings.kafka.state_topic
+        self.group = settings.kafka.group_id
         self.producer = producer
+
+    def key(self, topic: str, partition: int) -> bytes:
+        """The state topic's key of one readings partition's snapshot, for this group."""
+        return f"{self.group}/{topic}/{partition}".encode()
 
     def ensure_topic(self) -> None:
         """Create the compacted state topic if it is missing."""
@@ -109,7 +115,10 @@ class StateStore:
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one."""
         futures = [
-            self.producer.send(self.topic, key=state.key, value=state.encode()) for state in states
+            self.producer.send(
+                self.topic, key=self.key(state.topic, state.partition), value=state.encode()
+            )
+            for state in states
         ]
         if not futures:
             return
@@ -124,7 +133,7 @@ class StateStore:
         latest = self._read_all(quiet_s)
         found: dict[int, PartitionState] = {}
         for partition in partitions:
-            value = latest.get(f"{topic}/{partition}".encode())
+            value = latest.get(self.key(topic, partition))
             if value is None:
                 continue
             try:

@@ -35,3 +35,23 @@ def test_a_snapshot_larger_than_a_default_request_is_written_and_read_back(
     finally:
         producer.close()
     assert back[0].next_offset == 42 and back[0].detector["noise"] == noise
+
+
+def test_groups_sharing_the_state_topic_never_restore_each_others_snapshots(
+    kafka_settings: Settings, tiny_model
+) -> None:
+    topic = kafka_settings.kafka.readings_topic
+    state = PartitionState(topic=topic, partition=0, next_offset=7, model_version="v1", detector={})
+    other = kafka_settings.model_copy(
+        update={"kafka": kafka_settings.kafka.model_copy(update={"group_id": "another-group"})}
+    )
+    daemon = Daemon(kafka_settings, tiny_model)
+    producer = KafkaProducer(**daemon._producer_config())
+    try:
+        mine = StateStore(kafka_settings, producer)
+        mine.ensure_topic()
+        mine.write([state])
+        assert mine.read(topic, [0])[0].next_offset == 7
+        assert StateStore(other, producer).read(topic, [0]) == {}
+    finally:
+        producer.close()
