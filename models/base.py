@@ -92,6 +92,13 @@ class Autoencoder(ABC):
     version: str
     report: TrainReport | None
 
+    @property
+    def validation_scores(self) -> np.ndarray:
+        """The window scores of the last fit's held-out validation windows (empty before a fit):
+        where thresholds and the drift trigger start from."""
+        report = self.report
+        return np.asarray(report.validation_scores if report is not None else (), dtype=float)
+
     @abstractmethod
     def fit(self, data: Any, *, seed: int = 0, progress: bool = False) -> TrainReport:
         """Fit scaler and network on a normal series: array (steps, channels), DataFrame or CSV."""

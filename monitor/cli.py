@@ -394,7 +394,7 @@ def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
     if schedule:
         job = RetrainJob(settings, registry, r.policy())
         scheduler = build_scheduler(job)
-        drift = r.drift_trigger(_validation_scores(daemon.model))
+        drift = r.drift_trigger(daemon.model.validation_scores)
         if drift is not None:
             # Runs in the daemon's loop; the early run happens on the scheduler's thread.
             daemon.on_decisions = lambda decisions: (
@@ -403,7 +403,7 @@ def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
 
     def hand_over(model: Any) -> None:
         if drift is not None:
-            drift.reset(_validation_scores(model))
+            drift.reset(model.validation_scores)
         daemon.request_model(model)
 
     follower = ModelFollower(
@@ -418,10 +418,6 @@ def _lifecycle(settings: Settings, daemon: Any, *, schedule: bool) -> Any:
         follower.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
-
-
-def _validation_scores(model: Any) -> Any:
-    return model.report.validation_scores if model.report is not None else ()
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

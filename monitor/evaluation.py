@@ -446,7 +446,7 @@ class _Retraining:
 
     def __init__(
         self,
-        settings: Any,
+        policy: Any,
         values: np.ndarray,
         times: pd.Series,
         entity: str,
@@ -455,7 +455,7 @@ class _Retraining:
         drift: Any,
         first_due: datetime,
     ) -> None:
-        self.policy = settings.policy()
+        self.policy = policy
         self.values = values
         self.times = times
         self.times_ns = pd.DatetimeIndex(times).as_unit("ns").asi8
@@ -485,9 +485,9 @@ class _Retraining:
             return None
         begin = times.iloc[first_scored].to_pydatetime()
         policy = settings.policy()
-        drift = settings.drift_trigger(_validation_scores(detector.model))
+        drift = settings.drift_trigger(detector.model.validation_scores)
         return cls(
-            settings, values, times, entity, channels, config.seed, drift, policy.next_run(begin)
+            policy, values, times, entity, channels, config.seed, drift, policy.next_run(begin)
         )
 
     def due_before(self, reading_ns: int) -> bool:
@@ -537,7 +537,7 @@ class _Retraining:
         if decision.promote and result.candidate is not None:
             detector.swap_model(result.candidate)
             if self.drift is not None:
-                self.drift.reset(_validation_scores(result.candidate))
+                self.drift.reset(result.candidate.validation_scores)
         self.rounds.append(
             {
                 "at": now.isoformat(),
@@ -552,11 +552,6 @@ class _Retraining:
             clock = int(self.times_ns[stop_row])
             while pd.Timestamp(self.next_due).value <= clock:
                 self.next_due = policy.next_run(self.next_due)
-
-
-def _validation_scores(model: Any) -> np.ndarray:
-    report = getattr(model, "report", None)
-    return np.asarray(report.validation_scores if report is not None else [], dtype=float)
 
 
 # -- a folder ----------------------------------------------------------------------------------

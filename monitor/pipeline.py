@@ -114,7 +114,7 @@ class Detector:
         self.windower = Windower(self.config.window)
         self.episodes = Episodes(self.config.episodes, attribute=self._attribute)
         self.thresholds: dict[str, Threshold] = {}
-        self._warm_scores = _validation_scores(model)
+        self._warm_scores = model.validation_scores
 
     @property
     def model_version(self) -> str:
@@ -198,7 +198,7 @@ class Detector:
                 f"{list(self.model.channels)}: a swap needs the same shape"
             )
         self.model = model
-        self._warm_scores = _validation_scores(model)
+        self._warm_scores = model.validation_scores
         self.thresholds.clear()
 
     def _threshold_for(self, entity: str) -> Threshold:
@@ -237,12 +237,6 @@ class Detector:
             for entity, state in snapshot["thresholds"].items()
         }
         return detector
-
-
-def _validation_scores(model: Autoencoder) -> np.ndarray:
-    if model.report is None:
-        return np.zeros(0)
-    return np.asarray(model.report.validation_scores, dtype=float)
 
 
 def process_together(
