@@ -185,10 +185,11 @@ class RetrainPolicy:
     cron: str | None = None
 
     def __post_init__(self) -> None:
-        self.trigger()  # validates the crontab
         for name in ("interval", "span"):
             if getattr(self, name) <= timedelta(0):
                 raise ConfigError(f"RetrainPolicy.{name} must be > 0, got {getattr(self, name)}")
+        if self.cron is not None:
+            self.trigger()  # validates the crontab
         if self.new_normal_after is not None and self.new_normal_after <= timedelta(0):
             raise ConfigError(
                 f"RetrainPolicy.new_normal_after must be > 0 or None, got {self.new_normal_after}"

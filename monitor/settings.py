@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-# Defaults chosen on NAB (bench/nab_sweep.py, README "Detection quality"). A dict given for
+# Defaults chosen on NAB (bench/nab_sweep.py, README "Evaluation (NAB subset)"). A dict given for
 # these settings is merged over them, so setting one key keeps the others.
 _NAB_HYPERPARAMETERS: dict[str, Any] = {"latent_size": 8}
 _NAB_THRESHOLD: dict[str, Any] = {"spot_q": 3e-3, "rebaseline_after": 50}
@@ -194,9 +194,9 @@ class KafkaSettings(_Section):
         100,
         ge=0,
         le=60_000,
-        description="how long the broker may hold a fetch that has less than "
-        "fetch_min_bytes; kafka-python's default 500 ms is added to the latency of a reading "
-        "that arrives while a fetch waits",
+        description="how long the broker may hold a fetch while it has no new reading for it; "
+        "kafka-python's default 500 ms is added to the latency of a reading that arrives while "
+        "a fetch waits",
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a consumer group without committed offsets starts"

@@ -14,19 +14,10 @@ import pytest
 import monitor.retraining
 from monitor.evaluation import EvaluationConfig, evaluate_stream
 from monitor.scoring import probation_rows
+from tests.unit.test_evaluation import CONFIG
 
-MODEL = {
-    "kind": "dense",
-    "window": 16,
-    "hidden_sizes": [16],
-    "latent_size": 4,
-    "epochs": 4,
-    "inference": "eager",
-}
-DETECTOR = {
-    "threshold": {"method": "spot", "min_warm_scores": 100, "spot_q": 1e-3},
-    "episodes": {"open_after": 1, "open_within": 1, "close_after_quiet": 16, "cooldown": 16},
-}
+# The small dense model and quick threshold of the replay's own tests.
+MODEL, DETECTOR = CONFIG.model, CONFIG.detector
 STEP = timedelta(minutes=5)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 ROWS, SHIFT, SPIKE = 6000, 3000, 5000

@@ -82,6 +82,8 @@ def test_policy_validates_itself() -> None:
         RetrainPolicy(holdout_fraction=1.0)
     with pytest.raises(ConfigError, match="span"):
         RetrainPolicy(span=timedelta(0))
+    with pytest.raises(ConfigError, match="interval"):
+        RetrainPolicy(interval=timedelta(0))
 
 
 def test_readings_frame_keeps_the_main_channel_set_and_drops_repeats() -> None:
