@@ -337,9 +337,9 @@ def section_latency(
     stream = Stream(
         entities, warm_steps + paced_steps, 1, seed=2, spike_every=200, spikes_from=warm_steps
     )
-    settings = bench_settings(bootstrap, overrides, short_session=plan.short_session)
-    ensure_topics(settings)
-    daemon = DaemonProcess(settings, model_dir, workdir / "latency-daemon.log", threads=threads)
+    settings, daemon = _daemon_process(
+        "latency", bootstrap, model_dir, plan, overrides, workdir, threads
+    )
     with daemon:
         wait_for(daemon.ready, 90, "the daemon to be assigned its partitions")
         warm, _ = produce(bootstrap, settings.kafka.readings_topic, stream.records(0, warm_steps))
@@ -397,6 +397,22 @@ def section_latency(
 # -- 3. memory -------------------------------------------------------------------------------
 
 
+def _daemon_process(
+    section: str,
+    bootstrap: str,
+    model_dir: Path,
+    plan: Plan,
+    overrides: dict[str, Any],
+    workdir: Path,
+    threads: int,
+) -> tuple[Settings, DaemonProcess]:
+    """A section's settings (fresh topics, created) and its not yet started daemon process."""
+    settings = bench_settings(bootstrap, overrides, short_session=plan.short_session)
+    ensure_topics(settings)
+    log = workdir / f"{section}-daemon.log"
+    return settings, DaemonProcess(settings, model_dir, log, threads=threads)
+
+
 def _with_commit_interval(overrides: dict[str, Any], seconds: float | None) -> dict[str, Any]:
     """``overrides`` with ``kafka.commit_interval_s`` set, unless the caller set it already."""
     if seconds is None or "commit_interval_s" in overrides.get("kafka", {}):
@@ -421,9 +437,9 @@ def section_memory(
     threads: int,
 ) -> dict[str, Any]:
     overrides = _with_commit_interval(overrides, plan.memory_commit_interval_s)
-    settings = bench_settings(bootstrap, overrides, short_session=plan.short_session)
-    ensure_topics(settings)
-    daemon = DaemonProcess(settings, model_dir, workdir / "memory-daemon.log", threads=threads)
+    settings, daemon = _daemon_process(
+        "memory", bootstrap, model_dir, plan, overrides, workdir, threads
+    )
     rows = []
     with daemon:
         wait_for(daemon.ready, 90, "the daemon to be assigned its partitions")
@@ -487,9 +503,9 @@ def section_overload(
     threads: int,
 ) -> dict[str, Any]:
     overrides = _with_commit_interval(overrides, plan.overload_commit_interval_s)
-    settings = bench_settings(bootstrap, overrides, short_session=plan.short_session)
-    ensure_topics(settings)
-    daemon = DaemonProcess(settings, model_dir, workdir / "overload-daemon.log", threads=threads)
+    settings, daemon = _daemon_process(
+        "overload", bootstrap, model_dir, plan, overrides, workdir, threads
+    )
     produced = [0]
     halt = threading.Event()
 
