@@ -43,10 +43,21 @@ Findings (NAB's 35 files here, 55 windows; means over seeds 0-3 unless said othe
   variants, or retraining every 1000/2000 rows in the replay (retraining every 500 rows helped a
   seed without re-baselining, at 15x the wall time). ``EpisodeConfig.max_open`` alone (closing an
   episode after 200 windows while the threshold still rejects the level) only re-alarms.
-- ``BEST`` became the package defaults (settings and ``EvaluationConfig``): 51.5 over seeds 0-3
-  with the code of that change (49.8-53.2).
+- ``r2_n2of2`` became the package defaults (settings and ``EvaluationConfig``): 51.5 over seeds
+  0-3 with the code of that change (49.8-53.2).
+- Third round on top of it: an LSTM of 16 hidden units (``r3_hidden16``) scores the same, 51.3
+  (49.9-52.9), and halves the model's time per window (12 against 23 us at window 64, one
+  thread), so it is ``BEST`` and the package defaults now. The VAE (seeds 0-1: 49.8, 52.5), the
+  MAE loss (51.5, 45.0) and denoising with noise 0.1 (51.7, 50.9) do not help.
+- Where the 15 windows missed by ``BEST``'s predecessor go (seed 0): in one the anomaly is the
+  *absence* of the stream's usual bursts (``ec2_disk_write_bytes_c0d644``: a flat zero stretch
+  that a 16-step window reconstructs perfectly); in others the stream's normal spikes are far
+  larger than the anomaly, so the threshold that tolerates them cannot see it
+  (``ec2_cpu_utilization_fe7f93``, ``rogue_agent_key_hold``); ``iio_us-east-1_i-a2eb1cd9``
+  has a probation of 186 rows, too few to learn its errors. A window autoencoder has no
+  memory beyond its window: these need a detector of the stream's longer rhythm.
 - Production's retraining in the replay (``--grid retrain``: ``RetrainPolicy`` + ``challenge()``
-  on event time) does not help on top of ``BEST``: weekly rounds on 14 days 50.4 over seeds 0-3
+  on event time) does not help on top of ``r2_n2of2``: weekly rounds on 14 days 50.4 over seeds 0-3
   (47.9-53.6) at 4-5x the wall time; daily (seed 0) 52.3 at 25x; weekly with the drift trigger
   (seed 0) 52.9.
 """
@@ -185,16 +196,31 @@ REFINE.update(
     )
 )
 
-# The recommended configuration: r2_n2of2 (mean over seeds 0-3: 52.4 standard).
-BEST: dict[str, Any] = REFINE["r2_n2of2"]
+# Third round, around r2_n2of2: the model's cost (hidden 16 halves the LSTM's time per window)
+# and other reconstruction losses and variants.
+_R3 = REFINE["r2_n2of2"]
+REFINE.update(
+    _variants(
+        _R3,
+        r3_hidden16=({"model": {"hidden_size": 16}}),
+        r3_vae=({"model": {"kind": "vae"}}),
+        r3_mae=({"model": {"loss": "mae"}}),
+        r3_denoising=({"model": {"noise_std": 0.1}}),
+    )
+)
+
+# The recommended configuration: r3_hidden16 (mean over seeds 0-3: 51.3 standard, the same as
+# r2_n2of2's 51.5 with this code, at half the scoring cost).
+BEST: dict[str, Any] = REFINE["r3_hidden16"]
 
 # Production's retraining (RetrainPolicy + challenge on event time, ``monitor evaluate
 # --retrain``) on top of the best configuration: how often, on how much, with or without the
 # drift trigger. NAB's streams mostly step 5 minutes and span 2-10 weeks.
 _DAY = 86_400.0
 _NO_DRIFT = {"drift_max_anomalous_share": None}
+# (Measured on r2_n2of2, the recommendation before r3_hidden16.)
 RETRAIN: dict[str, dict[str, Any]] = _variants(
-    BEST,
+    REFINE["r2_n2of2"],
     best_no_retrain={},
     retrain_weekly=({"retrain": {"interval_s": 7 * _DAY, "span_s": 14 * _DAY, **_NO_DRIFT}}),
     retrain_daily=({"retrain": {"interval_s": _DAY, "span_s": 7 * _DAY, **_NO_DRIFT}}),
@@ -209,6 +235,7 @@ SEEDS: dict[str, dict[str, Any]] = {
     "r_n2of3": REFINE["r_n2of3"],
     "r2_n2of2": REFINE["r2_n2of2"],
     "r2_n2of5": REFINE["r2_n2of5"],
+    "r3_hidden16": REFINE["r3_hidden16"],
 }
 
 GRIDS: dict[str, dict[str, dict[str, Any]]] = {
