@@ -36,7 +36,7 @@ from monitor.broker import free_port
 from monitor.formats import encode_reading
 from monitor.kafka import consumer_config, producer_config
 from monitor.records import Reading
-from monitor.settings import Settings, load_settings
+from monitor.settings import ModelSettings, Settings, load_settings
 
 __all__ = [
     "REPO",
@@ -81,15 +81,17 @@ def _sines(steps: int, channels: int, *, seed: int, phase: float = 0.0) -> np.nd
 def fit_model(
     channels: int, directory: Path, *, kind: str = "lstm", epochs: int = 2
 ) -> TorchAutoencoder:
-    """A default-sized autoencoder (window 64) fitted briefly on a noisy sine, saved.
+    """The daemon's default model (``model.hyperparameters``' defaults) at window 64, fitted
+    briefly on a noisy sine, saved.
 
     Throughput does not need a good model, but the thresholds warm-start from the validation
     scores, so the fit must be real: 4,000 steps give ~790 validation windows, above the
     threshold's ``min_warm_scores`` (500), so every entity has a threshold from its first window.
     """
+    defaults = ModelSettings().hyperparameters if kind == ModelSettings().kind else {}
     model = models.build(
-        kind, channels=channel_names(channels), window=WINDOW, epochs=epochs,
-        max_train_windows=512,
+        kind, channels=channel_names(channels), window=WINDOW,
+        **{**defaults, "epochs": epochs, "max_train_windows": 512},
     )  # fmt: skip
     model.fit(_sines(4000, channels, seed=0), seed=0)
     model.save(directory)

@@ -42,9 +42,12 @@ def test_throughput_figures_for_one_and_eight_channels(results: dict[str, Any]) 
             "c_naive_readings_per_s",
             "b_over_a",
             "b_over_c",
+            "d_model_windows_per_s",
+            "b_over_a_ceiling",
         ):
             assert _positive(figures[name]), (name, figures[name])
         assert figures["b_daemon_windows"] > 0
+        assert figures["b_over_a_ceiling"] < 1
 
 
 def test_latency_percentiles(results: dict[str, Any]) -> None:
