@@ -17,7 +17,7 @@ from monitor.episodes import EpisodeConfig, Episodes
 from monitor.errors import ConfigError
 from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
-from monitor.windowing import Admission, WindowConfig, Windower
+from monitor.windowing import WindowConfig, Windower
 
 __all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
 
@@ -126,18 +126,10 @@ class Detector:
 
     def collect(self, readings: Sequence[Reading], out: DetectorOutput) -> list[Window]:
         """First half of :meth:`process`: window the readings, return the completed windows."""
-        pending: list[Window] = []
-        learn = self.windower.learn_one
-        accepted = Admission.ACCEPTED
-        for index, reading in enumerate(readings):
-            result = learn(reading)
-            if result.admission is accepted:
-                out.accepted += 1
-                if result.windows:
-                    pending.extend(result.windows)
-            else:
-                out.rejected.append((index, result.admission.value))
-        return pending
+        windows, refused = self.windower.learn_many(readings)
+        out.accepted += len(readings) - len(refused)
+        out.rejected.extend((index, admission.value) for index, admission in refused)
+        return windows
 
     def judge(self, windows: Sequence[Window], scores: Scores, out: DetectorOutput) -> None:
         """Second half of :meth:`process`: compare scored windows with thresholds, run episodes.
@@ -160,14 +152,15 @@ class Detector:
                 threshold = self._threshold_for(entity)
             score = window_scores[i]
             anomalous = threshold.classify(score)
+            # Positional (keywords cost ~0.5 µs per window), in the record's field order.
             decision = WindowDecision(
-                window=window,
-                model_version=version,
-                score=score,
-                threshold=threshold.value,
-                anomalous=anomalous,
-                channel_errors=channel[i],
-                step_errors=step[i],
+                window,
+                version,
+                score,
+                threshold.value,
+                anomalous,
+                channel[i],  # channel_errors
+                step[i],  # step_errors
             )
             if anomalous:
                 # Tells the threshold a score exceeded it without teaching it the score itself.

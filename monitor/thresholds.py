@@ -561,6 +561,8 @@ class SpotThreshold(Threshold):
     def value(self) -> float | None:
         if self._tail_value is None:
             return None
+        if not self._drift:  # _baseline() is 0.0; this is called several times per window
+            return self._tail_value + 0.0
         return self._tail_value + self._baseline()
 
     @property
@@ -622,10 +624,10 @@ class SpotThreshold(Threshold):
 
     def _learn(self, x: float) -> None:
         assert self._t is not None and self._tail_value is not None
-        value = self.value
-        if value is not None and x > value:
+        baseline = self._baseline()
+        if x > self._tail_value + baseline:  # above the value
             return
-        residual = x - self._baseline()
+        residual = x - baseline
         self._n += 1
         if self.config.spot_depth:
             self._drift.append(x)
