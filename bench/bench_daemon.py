@@ -1,10 +1,12 @@
 """Benchmark the daemon on a real broker: throughput, latency, memory, back-pressure.
 
-Run ``python -m bench.bench_daemon`` (5-8 minutes on 2 cores; ``--quick`` takes under a
+Run ``python -m bench.bench_daemon`` (3-5 minutes on 2 cores; ``--quick`` takes under a
 minute with small counts and proves only that every figure is produced). The broker is chosen
 as everywhere else (``--bootstrap`` or ``MONITOR_BOOTSTRAP``, else testcontainers, else the
-embedded Tansu broker); every run uses fresh uuid topics. The model is the default LSTM
-autoencoder (``--kind``; window 64) fitted for 2 epochs on a noisy sine; windows have stride 1.
+embedded Tansu broker); every run uses fresh uuid topics. The model is the daemon's
+default (``model.hyperparameters``: an LSTM autoencoder of 16 hidden units and a latent code of
+8; ``--kind`` for another variant) at window 64, fitted for 2 epochs on a noisy sine; windows
+have stride 1.
 Torch uses one thread (``--threads``) here and in the daemon processes (``OMP_NUM_THREADS``).
 Daemon settings are the defaults (``--quick`` shortens the consumer session to 2 s for a
 quicker group join; section 3 checkpoints every 30 s, see below);
