@@ -88,7 +88,8 @@ def fit_model(
     scores, so the fit must be real: 4,000 steps give ~790 validation windows, above the
     threshold's ``min_warm_scores`` (500), so every entity has a threshold from its first window.
     """
-    defaults = ModelSettings().hyperparameters if kind == ModelSettings().kind else {}
+    daemon_model = ModelSettings()
+    defaults = daemon_model.hyperparameters if kind == daemon_model.kind else {}
     model = models.build(
         kind, channels=channel_names(channels), window=WINDOW,
         **{**defaults, "epochs": epochs, "max_train_windows": 512},

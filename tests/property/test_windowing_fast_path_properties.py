@@ -10,17 +10,15 @@ at random steps.
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor import windowing
 from monitor.records import Reading
-from monitor.windowing import WindowConfig, Windower
+from monitor.windowing import WindowConfig
 from tests.property.test_windowing_properties import CHANNELS, SETTINGS, T0, Case, cases
+from tests.unit.test_windowing_fast_path import run as run_windower
 
 
 @st.composite
@@ -63,17 +61,13 @@ def steady_cases(draw: st.DrawFn) -> Case:
 
 
 def run(case: Case, cut: int, *, fast: bool) -> tuple[list, str]:
-    """Each reading's admission and windows, and the final snapshot, restoring at ``cut``."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(windowing, "_STEADY_FAST_PATH", fast)
-        windower = Windower(case.config)
-        outputs = []
-        for index, reading in enumerate(case.readings):
-            if index == cut:
-                snapshot = json.loads(json.dumps(windower.snapshot()))
-                windower = Windower.from_snapshot(case.config, snapshot)
-            out = windower.learn_one(reading)
-            windows = [
+    """Each reading's admission and windows (comparable, bit for bit), and the final snapshot,
+    restoring at ``cut``."""
+    outputs, snapshot = run_windower(case.config, case.readings, fast=fast, restore_at=cut)
+    return [
+        (
+            admission,
+            [
                 (
                     w.entity,
                     repr(w.start),
@@ -82,10 +76,11 @@ def run(case: Case, cut: int, *, fast: bool) -> tuple[list, str]:
                     w.values.shape,
                     w.values.tobytes(),
                 )
-                for w in out.windows
-            ]
-            outputs.append((out.admission, windows))
-        return outputs, json.dumps(windower.snapshot(), sort_keys=True)
+                for w in windows
+            ],
+        )
+        for admission, windows in outputs
+    ], snapshot
 
 
 def check(case: Case, data: st.DataObject) -> None:

@@ -63,20 +63,28 @@ def run(
     *,
     fast: bool,
     restore_at: int | None = None,
-) -> tuple[list[Admission], list[Window], str]:
-    """Admissions, windows and final snapshot (JSON) of a run, optionally restored midway."""
+) -> tuple[list[tuple[Admission, list[Window]]], str]:
+    """Each reading's admission and windows, and the final snapshot (JSON), of a run with the
+    fast path on or off, optionally restored from a JSON snapshot before reading ``restore_at``."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(windowing, "_STEADY_FAST_PATH", fast)
         windower = Windower(config)
-        admissions, windows = [], []
+        outputs = []
         for index, reading in enumerate(readings):
             if index == restore_at:
                 snapshot = json.loads(json.dumps(windower.snapshot()))
                 windower = Windower.from_snapshot(config, snapshot)
             out = windower.learn_one(reading)
-            admissions.append(out.admission)
-            windows.extend(out.windows)
-        return admissions, windows, json.dumps(windower.snapshot(), sort_keys=True)
+            outputs.append((out.admission, out.windows))
+        return outputs, json.dumps(windower.snapshot(), sort_keys=True)
+
+
+def flat(
+    result: tuple[list[tuple[Admission, list[Window]]], str],
+) -> tuple[list[Admission], list[Window], str]:
+    """A run's admissions, all its windows in order, and its snapshot."""
+    outputs, snapshot = result
+    return [a for a, _ in outputs], [w for _, ws in outputs for w in ws], snapshot
 
 
 def assert_same_windows(got: list[Window], expected: list[Window]) -> None:
@@ -115,9 +123,9 @@ def test_steady_stream_fast_path_equals_general_path_and_numpy(
     values = steady_values(width)
     readings = steady_stream(values, channels)
 
-    general = run(config, readings, fast=False)
+    general = flat(run(config, readings, fast=False))
     observed = CountObserve(monkeypatch)
-    fast = run(config, readings, fast=True)
+    fast = flat(run(config, readings, fast=True))
 
     # Only each entity's first step takes the general path: every other one the fast path.
     assert observed.calls == len(ENTITIES)
@@ -182,9 +190,9 @@ def test_perturbed_stream_fast_path_equals_general_path(
     readings = perturbed_stream(channels)
     restore_at = len(readings) // 2 if restore else None
 
-    general = run(config, readings, fast=False, restore_at=restore_at)
+    general = flat(run(config, readings, fast=False, restore_at=restore_at))
     observed = CountObserve(monkeypatch)
-    fast = run(config, readings, fast=True, restore_at=restore_at)
+    fast = flat(run(config, readings, fast=True, restore_at=restore_at))
 
     assert fast[0] == general[0]
     assert Admission.DUPLICATE in fast[0] and Admission.LATE in fast[0]
