@@ -57,6 +57,8 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import itertools
 import math
@@ -88,9 +90,13 @@ _MAX_INFER_READINGS = 256
 # Keys of this many recent readings are kept to recognise re-delivered duplicates whose step has
 # already closed (Kafka redelivers after a restart); older re-deliveries are reported LATE.
 _RECENT_READINGS = 64
-_SNAPSHOT_VERSION = 1
+# 2: ``recent`` holds the packed keys (base64) rather than ``[ts_us, [[channel, value], ...]]``
+# lists, which made up most of a snapshot's size and time; version 1 snapshots still restore.
+_SNAPSHOT_VERSION = 2
+_SNAPSHOT_VERSIONS = (1, 2)
 # A recent reading's key, packed: its timestamp (µs), then (channel index, value) per channel in
 # channel order. 8 + 10 bytes per channel instead of ~200 bytes of nested tuples per reading.
+# Snapshots (version 2) hold these bytes: changing the layout needs a new snapshot version.
 _KEY_ONE = struct.Struct("<qHd")
 _KEY_TS = struct.Struct("<q")
 _KEY_ITEM = struct.Struct("<Hd")
@@ -329,13 +335,6 @@ class _Entity:
         items = sorted((index[c], v + 0.0) for c, v in values.items())
         return _KEY_TS.pack(ts_us) + b"".join(_KEY_ITEM.pack(i, v) for i, v in items)
 
-    def unkey(self, key: bytes) -> list[Any]:
-        """``[ts_us, [[channel, value], ...]]`` (channels by name) of a key, for snapshots."""
-        assert self.channels is not None
-        (ts_us,) = _KEY_TS.unpack_from(key)
-        items = [[self.channels[i], v] for i, v in _KEY_ITEM.iter_unpack(key[_KEY_TS.size :])]
-        return [ts_us, sorted(items)]
-
     def remember(self, key: bytes) -> None:
         self.recent.append(key)
         self.recent_set.add(key)
@@ -359,11 +358,11 @@ class _Entity:
             "last_obs": {c: [k, v] for c, (k, v) in self.last_obs.items()},
             "seg_start": self.seg_start,
             "scan_k": self.scan_k,
-            "recent": [self.unkey(key) for key in self.recent],
+            "recent": [base64.b64encode(key).decode("ascii") for key in self.recent],
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> _Entity:
+    def from_dict(cls, data: Mapping[str, Any], version: int = _SNAPSHOT_VERSION) -> _Entity:
         channels = data["channels"]
         entity = cls(None if channels is None else tuple(channels))
         entity.interval_us = data["interval_us"]
@@ -382,15 +381,32 @@ class _Entity:
         entity.last_obs = {c: (int(k), float(v)) for c, (k, v) in data["last_obs"].items()}
         entity.seg_start = data["seg_start"]
         entity.scan_k = data["scan_k"]
-        for ts, items in data["recent"]:
-            entity.remember(entity.key(int(ts), {str(c): float(v) for c, v in items}))
+        if version == 1:
+            for ts, items in data["recent"]:
+                entity.remember(entity.key(int(ts), {str(c): float(v) for c, v in items}))
+        else:
+            for text in data["recent"]:
+                entity.remember(_packed_key(text, len(entity.channel_index)))
         return entity
 
 
+def _packed_key(text: str, channels: int) -> bytes:
+    """A recent reading's key from its snapshot text; ValueError unless it is a key's layout."""
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, TypeError) as exc:
+        raise ValueError(f"windower snapshot has a malformed recent key {text!r}") from exc
+    items, rest = divmod(len(key) - _KEY_TS.size, _KEY_ITEM.size)
+    if rest or not 1 <= items <= max(channels, 1):
+        raise ValueError(f"windower snapshot has a recent key of {len(key)} bytes")
+    return key
+
+
 def _check_snapshot(config: WindowConfig, snapshot: Mapping[str, Any]) -> None:
-    if snapshot.get("version") != _SNAPSHOT_VERSION:
+    if snapshot.get("version") not in _SNAPSHOT_VERSIONS:
         raise ValueError(
-            f"windower snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
+            f"windower snapshot version {snapshot.get('version')!r} is not one of "
+            f"{_SNAPSHOT_VERSIONS}"
         )
     if WindowConfig.from_dict(snapshot["config"]) != config:
         raise ValueError(
@@ -495,7 +511,7 @@ class Windower:
         """
         _check_snapshot(self.config, snapshot)
         for name, data in snapshot["entities"].items():
-            self._entities[name] = _Entity.from_dict(data)
+            self._entities[name] = _Entity.from_dict(data, snapshot["version"])
 
     @classmethod
     def from_snapshot(cls, config: WindowConfig, snapshot: Mapping[str, Any]) -> Windower:
@@ -510,7 +526,8 @@ class Windower:
         for name, count in snapshot["counts"].items():
             windower.counts[Admission(name)] = int(count)
         windower._entities = {
-            name: _Entity.from_dict(data) for name, data in snapshot["entities"].items()
+            name: _Entity.from_dict(data, snapshot["version"])
+            for name, data in snapshot["entities"].items()
         }
         return windower
 

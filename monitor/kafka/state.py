@@ -39,7 +39,7 @@ __all__ = ["PartitionState", "StateStore", "key_digest"]
 
 log = logging.getLogger(__name__)
 
-# Snapshots of many entities are large; compressed JSON of 1k single-channel entities is ~1 MB.
+# Snapshots of many entities are large; compressed JSON of 1k single-channel entities is ~2 MB.
 MAX_STATE_BYTES = 32 * 1024 * 1024
 STATE_FORMAT = 1
 
@@ -67,7 +67,9 @@ class PartitionState:
             "last_timestamp_ms": self.last_timestamp_ms,
             "last_key_digest": self.last_key_digest,
         }
-        return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), level=6)
+        # Level 1: the daemon's loop waits for its checkpoints, and level 6 took 4x as long for
+        # 7% less (measured on 25 entities of 8 channels: 8 against 31 ms, 306 against 285 KB).
+        return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), level=1)
 
     @classmethod
     def decode(cls, value: bytes) -> PartitionState:

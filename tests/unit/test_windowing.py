@@ -265,6 +265,47 @@ def test_snapshot_is_json_and_restores_exactly() -> None:
         assert restored.counts == whole.counts
 
 
+def test_version_1_snapshot_restores_its_duplicates() -> None:
+    # Version 1 kept each recent reading as [timestamp_us, [[channel, value], ...]].
+    config = WindowConfig(length=2, interval_s=1.0)
+    windower = Windower(config)
+    for t in range(3):
+        windower.learn_one(reading(t, {"a": float(t), "b": -float(t)}))
+    snapshot = json.loads(json.dumps(windower.snapshot()))
+    assert snapshot["version"] == 2
+    t0_us = int(T0.timestamp() * 1_000_000)
+    snapshot["version"] = 1
+    snapshot["entities"]["e"]["recent"] = [
+        [t0_us + t * 1_000_000, [["a", float(t)], ["b", -float(t) + 0.0]]] for t in range(3)
+    ]
+    restored = Windower.from_snapshot(config, snapshot)
+    assert json.dumps(restored.snapshot(), sort_keys=True) == json.dumps(
+        windower.snapshot(), sort_keys=True
+    )
+    assert restored.learn_one(reading(1, {"b": -1.0, "a": 1.0})).admission is Admission.DUPLICATE
+    assert restored.learn_one(reading(1, {"a": 1.0, "b": 5.0})).admission is Admission.LATE
+
+
+@pytest.mark.parametrize(
+    ("key", "match"),
+    [("not base64!", "malformed"), ("AAAAAA==", "4 bytes"), ("A" * 40, "30 bytes")],
+)
+def test_snapshot_with_a_malformed_recent_key_is_refused(key: str, match: str) -> None:
+    windower = Windower(WindowConfig(length=2, interval_s=1.0))
+    windower.learn_one(reading(0, 1.0))
+    snapshot = json.loads(json.dumps(windower.snapshot()))
+    snapshot["entities"]["e"]["recent"] = [key]
+    with pytest.raises(ValueError, match=match):
+        Windower.from_snapshot(windower.config, snapshot)
+
+
+def test_snapshot_of_an_unknown_version_is_refused() -> None:
+    snapshot = Windower(WindowConfig(length=3)).snapshot()
+    snapshot["version"] = 3
+    with pytest.raises(ValueError, match="version 3"):
+        Windower.from_snapshot(WindowConfig(length=3), snapshot)
+
+
 def test_snapshot_with_another_config_is_refused() -> None:
     snapshot = Windower(WindowConfig(length=3)).snapshot()
     with pytest.raises(ValueError, match="config"):
