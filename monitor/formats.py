@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +93,14 @@ def _finite(name: str, raw: object) -> float:
     return value
 
 
+def _finite_floats(values: Iterable[object]) -> bool:
+    """True if every value is a finite float (``x - x`` is NaN for inf and NaN)."""
+    for value in values:  # noqa: SIM110 - a loop, not all(<generator>): 0.5 against 1 µs
+        if type(value) is not float or value - value != 0.0:
+            return False
+    return True
+
+
 def decode_reading(key: bytes | None, value: bytes | None) -> Reading:
     """Decode one Kafka record into a Reading; raise InvalidReading with a reason code if bad.
 
@@ -150,8 +158,13 @@ def decode_reading(key: bytes | None, value: bytes | None) -> Reading:
         if len(raw_values) > MAX_CHANNELS:
             raise InvalidReading("bad_channels", f"{len(raw_values)} channels > {MAX_CHANNELS}")
         # Interned: the windows keep channel names per reading (open steps, duplicate keys),
-        # and every reading's JSON would otherwise bring its own copy of each name.
-        values = {sys.intern(str(name)): _finite(str(name), v) for name, v in raw_values.items()}
+        # and every reading's JSON would otherwise bring its own copy of each name. JSON object
+        # keys are str, and the usual all-float reading skips the per-channel checks (they
+        # were a third of an 8-channel decode).
+        if _finite_floats(raw_values.values()):
+            values = {sys.intern(name): v for name, v in raw_values.items()}
+        else:
+            values = {sys.intern(name): _finite(name, v) for name, v in raw_values.items()}
     return Reading(entity=entity, timestamp=timestamp, values=values)
 
 

@@ -67,6 +67,14 @@ def test_multi_channel_reading_round_trips_and_matches_its_schema() -> None:
     assert decode_reading(key, value) == reading
 
 
+def test_integer_channel_values_decode_as_floats() -> None:
+    reading = decode_reading(
+        b"e", b'{"entity":"e","timestamp":1714564800000,"values":{"a":2,"b":0.5}}'
+    )
+    assert reading.values == {"a": 2.0, "b": 0.5}
+    assert all(type(v) is float for v in reading.values.values())
+
+
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
@@ -82,6 +90,16 @@ def test_multi_channel_reading_round_trips_and_matches_its_schema() -> None:
         (b'{"entity":"e","timestamp":1714564800000,"value":NaN}', "invalid_json"),
         (b'{"entity":"e","timestamp":1714564800000,"value":1e999}', "non_finite_value"),
         (b'{"entity":"e","timestamp":1714564800000,"values":{}}', "bad_channels"),
+        (b'{"entity":"e","timestamp":1714564800000,"values":{"a":1.5,"b":"2"}}', "bad_value"),
+        (b'{"entity":"e","timestamp":1714564800000,"values":{"a":1.5,"b":true}}', "bad_value"),
+        (
+            b'{"entity":"e","timestamp":1714564800000,"values":{"a":1.5,"b":1e999}}',
+            "non_finite_value",
+        ),
+        (
+            b'{"entity":"e","timestamp":1714564800000,"values":{"a":-1e999,"b":1.5}}',
+            "non_finite_value",
+        ),
         (b'{"entity":"e","timestamp":1714564800000,"value":1,"values":{"a":1}}', "bad_channels"),
         (b'{"entity":"","timestamp":1714564800000,"value":1}', "bad_entity"),
         (b'{"entity":"other","timestamp":1714564800000,"value":1}', "key_mismatch"),
