@@ -362,7 +362,7 @@ class _Entity:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], version: int = _SNAPSHOT_VERSION) -> _Entity:
+    def from_dict(cls, data: Mapping[str, Any], version: int) -> _Entity:
         channels = data["channels"]
         entity = cls(None if channels is None else tuple(channels))
         entity.interval_us = data["interval_us"]
