@@ -18,7 +18,9 @@ Each entity is either *closed* or has one *open* episode (so episodes never over
   after the cooldown depends on its threshold (see ``ThresholdConfig.rebaseline_after``, which
   lets it take the new level as normal).
 
-A window whose threshold is None (warming up) counts as normal.
+A window is anomalous when its score is above its threshold (``anomalous``) or it is off its
+entity's rhythm (``off_rhythm``, :mod:`monitor.rhythm`); the events' ``signals`` name which of the
+two marked the episode's windows. A window whose threshold is None (warming up) counts as normal.
 
 Attribution and severity, in every event: ``contributions`` maps each channel to its share of the
 error. With an ``attribute`` function (the Detector passes the model's reconstruction-based
@@ -29,7 +31,8 @@ an episode lasts, and lets a fault that looks like its correlated partner at fir
 sensor) be named as the evidence accumulates. Without one it is the raw per-channel error share
 of the episode's peak window (the window with the highest score so far). Shares sum to 1;
 ``top_steps`` are the indexes (0 = the window's first step) of that window's ``top_steps`` largest
-step errors, largest first; ``severity`` comes from the episode's highest ratio score/threshold.
+step errors, largest first; ``severity`` comes from the episode's highest ratio score/threshold
+(so an episode only the rhythm marked, whose scores stay below the threshold, is LOW).
 The ``score``, ``threshold``, ``window_start``/``window_end`` and ``model_version`` are the
 decision's that caused the event (for CLOSED, the quiet window that closed it).
 
@@ -48,7 +51,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, Window, WindowDecision
+from monitor.records import (
+    AnomalyEvent,
+    EpisodeEventKind,
+    Severity,
+    Signal,
+    Window,
+    WindowDecision,
+)
 
 __all__ = ["EpisodeConfig", "EpisodeSpan", "Episodes", "episode_spans", "severity_of"]
 
@@ -175,6 +185,11 @@ def _ratio(score: float, threshold: float) -> float:
     return math.inf if score > threshold else 1.0
 
 
+_RECONSTRUCTION = frozenset({Signal.RECONSTRUCTION})
+_RHYTHM = frozenset({Signal.RHYTHM})
+_BOTH = _RECONSTRUCTION | _RHYTHM
+
+
 @dataclass
 class _Mark:
     """What an episode keeps of one anomalous window."""
@@ -184,6 +199,7 @@ class _Mark:
     ratio: float
     contributions: dict[str, float]
     top_steps: tuple[int, ...]
+    signals: frozenset[Signal] = _RECONSTRUCTION
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -192,6 +208,7 @@ class _Mark:
             "ratio": _float_out(self.ratio),
             "contributions": dict(self.contributions),
             "top_steps": list(self.top_steps),
+            "signals": sorted(self.signals),
         }
 
     @classmethod
@@ -202,7 +219,13 @@ class _Mark:
             ratio=_float_in(data["ratio"]),
             contributions={str(c): float(v) for c, v in data["contributions"].items()},
             top_steps=tuple(int(i) for i in data["top_steps"]),
+            signals=_signals_in(data.get("signals")),
         )
+
+
+def _signals_in(names: Iterable[str] | None) -> frozenset[Signal]:
+    # Snapshots from before the rhythm signal have no signals: the reconstruction was the only one.
+    return _RECONSTRUCTION if names is None else frozenset(Signal(n) for n in names)
 
 
 def _float_out(x: float) -> float | str:
@@ -229,6 +252,7 @@ class _EntityEpisodes:
     since_attribution: int = 0  # anomalous windows since the last attributed one
     risen: bool = False  # the peak rose since the last event
     last_threshold: float | None = None
+    signals: frozenset[Signal] = frozenset()  # what marked the open episode's windows
 
     def idle(self) -> bool:
         return (
@@ -251,6 +275,7 @@ class _EntityEpisodes:
             "since_attribution": self.since_attribution,
             "risen": self.risen,
             "last_threshold": self.last_threshold,
+            "signals": sorted(self.signals),
         }
 
     @classmethod
@@ -277,6 +302,7 @@ class _EntityEpisodes:
             since_attribution=int(data.get("since_attribution", 0)),
             risen=bool(data["risen"]),
             last_threshold=None if threshold is None else float(threshold),
+            signals=(_signals_in(data.get("signals")) if data["open"] else frozenset[Signal]()),
         )
 
 
@@ -325,7 +351,12 @@ class Episodes:
         entity = decision.window.entity
         state = self._entities.get(entity)
         threshold = decision.threshold
-        anomalous = bool(decision.anomalous) and threshold is not None
+        if threshold is None:
+            anomalous, signals = False, _RECONSTRUCTION
+        elif decision.anomalous:
+            anomalous, signals = True, _BOTH if decision.off_rhythm else _RECONSTRUCTION
+        else:
+            anomalous, signals = decision.off_rhythm, _RHYTHM
         if state is None:
             if not anomalous:
                 # A normal window of an entity with nothing pending leaves it with nothing
@@ -335,7 +366,7 @@ class Episodes:
             self._entities[entity] = state
         if threshold is not None:
             state.last_threshold = float(threshold)
-        mark = self._mark(decision) if anomalous else None
+        mark = self._mark(decision, signals) if anomalous else None
         events: list[AnomalyEvent] = []
 
         if not state.open:
@@ -353,6 +384,7 @@ class Episodes:
                 state.since_event = 0
                 state.open_for = 0
                 state.risen = False
+                state.signals = frozenset().union(*(m.signals for m in marks))
                 state.recent.clear()
                 state.attribution, state.attributed = None, 0
                 self._attribute(decision, state)
@@ -362,6 +394,7 @@ class Episodes:
             state.open_for += 1
             if mark is not None:
                 state.quiet = 0
+                state.signals |= mark.signals
                 assert state.peak is not None
                 if mark.score > state.peak.score:
                     state.peak = mark
@@ -385,6 +418,7 @@ class Episodes:
                 state.since_event = 0
                 state.open_for = 0
                 state.risen = False
+                state.signals = frozenset()
                 state.recent.clear()
                 state.attribution, state.attributed, state.since_attribution = None, 0, 0
                 state.cooldown_left = config.cooldown
@@ -398,7 +432,7 @@ class Episodes:
             del self._entities[entity]
         return events
 
-    def _mark(self, decision: WindowDecision) -> _Mark:
+    def _mark(self, decision: WindowDecision, signals: frozenset[Signal]) -> _Mark:
         assert decision.threshold is not None
         score = float(decision.score)
         return _Mark(
@@ -407,6 +441,7 @@ class Episodes:
             ratio=_ratio(score, float(decision.threshold)),
             contributions=self._contributions(decision),
             top_steps=self._top_steps(decision),
+            signals=signals,
         )
 
     def _attribute(self, decision: WindowDecision, state: _EntityEpisodes) -> None:
@@ -466,6 +501,7 @@ class Episodes:
                 else dict(state.peak.contributions)
             ),
             top_steps=state.peak.top_steps,
+            signals=tuple(sorted(state.signals)),
         )
 
     def forget(self, entities: Iterable[str]) -> None:

@@ -110,7 +110,11 @@ def _default_settings() -> tuple[dict[str, Any], dict[str, Any]]:
     """(model, detector) as the daemon runs them with default settings."""
     m, d = ModelSettings(), DetectorSettings()
     model = {"kind": m.kind, "window": m.window, **m.hyperparameters}
-    return model, {"threshold": dict(d.threshold), "episodes": dict(d.episodes)}
+    return model, {
+        "threshold": dict(d.threshold),
+        "episodes": dict(d.episodes),
+        "rhythm": dict(d.rhythm),
+    }
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class EvaluationConfig:
             :func:`models.build` (default: the ``model`` settings' defaults, chosen on NAB;
             a missing kind is ``"lstm"``, a missing window 16 steps).
         detector: ``{"window": {...}, "threshold": {...}, "episodes": {...},
-            "max_batch_windows": n}``, the arguments of
+            "rhythm": {...}, "max_batch_windows": n}``, the arguments of
             :meth:`monitor.pipeline.DetectorConfig.from_dicts`; the window's length and
             channels come from the model (default: the ``detector`` settings' defaults).
         probation: NAB's probationary fraction: the first ``min(floor(probation * rows),
@@ -193,7 +197,7 @@ class EvaluationConfig:
     def _detector_config(self) -> Any:
         from monitor.pipeline import DetectorConfig
 
-        known = {"window", "threshold", "episodes", "max_batch_windows"}
+        known = {"window", "threshold", "episodes", "rhythm", "max_batch_windows"}
         unknown = sorted(set(self.detector) - known)
         if unknown:
             raise ConfigError(
@@ -242,6 +246,7 @@ class EvaluationConfig:
                 "window": dict(d.window),
                 "threshold": dict(d.threshold),
                 "episodes": dict(d.episodes),
+                "rhythm": dict(d.rhythm),
                 "max_batch_windows": d.max_batch_windows,
             },
             seed=m.seed,

@@ -238,13 +238,14 @@ def event_to_cloudevent(event: AnomalyEvent, source: str) -> dict[str, Any]:
             "model_version": event.model_version,
             "contributions": {k: _round(v) for k, v in event.contributions.items()},
             "top_steps": list(event.top_steps),
+            "signals": [str(signal) for signal in event.signals],
         },
     }
 
 
 def event_from_cloudevent(obj: Mapping[str, Any]) -> AnomalyEvent:
     """Rebuild an AnomalyEvent from its CloudEvents object (for consumers and tests)."""
-    from monitor.records import EpisodeEventKind, Severity
+    from monitor.records import EpisodeEventKind, Severity, Signal
 
     data = obj["data"]
     return AnomalyEvent(
@@ -260,6 +261,8 @@ def event_from_cloudevent(obj: Mapping[str, Any]) -> AnomalyEvent:
         model_version=data["model_version"],
         contributions=dict(data["contributions"]),
         top_steps=tuple(data["top_steps"]),
+        # Events published before the rhythm signal existed have no signals.
+        signals=tuple(Signal(name) for name in data.get("signals", ["reconstruction"])),
     )
 
 

@@ -16,12 +16,13 @@ from models.base import Autoencoder, Scores
 from monitor.episodes import EpisodeConfig, Episodes
 from monitor.errors import ConfigError
 from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
+from monitor.rhythm import Rhythm, RhythmConfig
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
 from monitor.windowing import WindowConfig, Windower
 
 __all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2 added the rhythm; a format 1 snapshot restores with a fresh rhythm
 K = TypeVar("K")
 
 
@@ -33,6 +34,7 @@ class DetectorConfig:
     window: WindowConfig = field(default_factory=WindowConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
+    rhythm: RhythmConfig = field(default_factory=RhythmConfig)
     max_batch_windows: int = 4096
 
     @classmethod
@@ -42,6 +44,7 @@ class DetectorConfig:
         window: Mapping[str, Any] | None = None,
         threshold: Mapping[str, Any] | None = None,
         episodes: Mapping[str, Any] | None = None,
+        rhythm: Mapping[str, Any] | None = None,
         max_batch_windows: int = 4096,
     ) -> DetectorConfig:
         """Build from plain settings, turning a bad key or value into a ConfigError naming it."""
@@ -49,6 +52,7 @@ class DetectorConfig:
             window=_build(WindowConfig, "detector.window", window),
             threshold=_build(ThresholdConfig, "detector.threshold", threshold),
             episodes=_build(EpisodeConfig, "detector.episodes", episodes),
+            rhythm=_build(RhythmConfig, "detector.rhythm", rhythm),
             max_batch_windows=max_batch_windows,
         )
 
@@ -99,11 +103,14 @@ class DetectorOutput:
 
 
 class Detector:
-    """Turns readings into anomaly events with one model, per-entity thresholds and episodes.
+    """Turns readings into anomaly events with one model, per-entity thresholds, the rhythm
+    signal and episodes.
 
     Each entity's threshold is warm-started from the model's validation scores when the entity
     is first seen, and then learns only from windows judged normal outside an episode, so that
-    an ongoing anomaly does not teach the threshold to accept it.
+    an ongoing anomaly does not teach the threshold to accept it. The rhythm signal
+    (:mod:`monitor.rhythm`, unless ``rhythm.enabled`` is false) marks windows off the entity's
+    usual time-of-day values; episodes open on windows marked by either.
 
     Windows of all entities that a batch of readings completes are scored in one model call.
     """
@@ -114,7 +121,13 @@ class Detector:
         self.windower = Windower(self.config.window)
         self.episodes = Episodes(self.config.episodes, attribute=self._attribute)
         self.thresholds: dict[str, Threshold] = {}
+        self.rhythm = self._fresh_rhythm()
         self._warm_scores = model.validation_scores
+
+    def _fresh_rhythm(self) -> Rhythm | None:
+        if not self.config.rhythm.enabled:
+            return None
+        return Rhythm(self.config.rhythm, self.model.channels)
 
     @property
     def model_version(self) -> str:
@@ -140,6 +153,7 @@ class Detector:
         version = self.model.version
         thresholds = self.thresholds
         episodes = self.episodes
+        rhythm = self.rhythm
         decisions = out.decisions
         events = out.events
         # One conversion for the batch: the same Python floats as float(scores.window[i]).
@@ -152,6 +166,9 @@ class Detector:
                 threshold = self._threshold_for(entity)
             score = window_scores[i]
             anomalous = threshold.classify(score)
+            off_rhythm = rhythm is not None and rhythm.learn_one(
+                entity, window.end, window.values[-1].tolist()
+            )
             # Positional (keywords cost ~0.5 µs per window), in the record's field order.
             decision = WindowDecision(
                 window,
@@ -161,6 +178,7 @@ class Detector:
                 anomalous,
                 channel[i],  # channel_errors
                 step[i],  # step_errors
+                off_rhythm,
             )
             if anomalous:
                 # Tells the threshold a score exceeded it without teaching it the score itself.
@@ -182,7 +200,8 @@ class Detector:
         """Serve a new model from the next window on, keeping every open window.
 
         Thresholds are re-warmed from the new model's validation scores, because its errors live
-        on another scale; windows and episodes carry on, so no window is lost or scored twice.
+        on another scale; windows, the rhythm and episodes carry on, so no window is lost or
+        scored twice.
         """
         if model.channels != self.model.channels or model.window != self.model.window:
             raise ConfigError(
@@ -204,12 +223,13 @@ class Detector:
         return threshold
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state of windows, thresholds and episodes (not the model)."""
+        """JSON-ready state of windows, thresholds, rhythm and episodes (not the model)."""
         return {
             "format": SNAPSHOT_FORMAT,
             "model_version": self.model.version,
             "windower": self.windower.snapshot(),
             "thresholds": {e: t.snapshot() for e, t in self.thresholds.items()},
+            "rhythm": None if self.rhythm is None else self.rhythm.snapshot(),
             "episodes": self.episodes.snapshot(),
         }
 
@@ -217,10 +237,22 @@ class Detector:
     def from_snapshot(
         cls, model: Autoencoder, config: DetectorConfig | None, snapshot: Mapping[str, Any]
     ) -> Detector:
-        """A detector that continues exactly where the snapshotted one stopped."""
-        if snapshot.get("format") != SNAPSHOT_FORMAT:
+        """A detector that continues exactly where the snapshotted one stopped.
+
+        A snapshot without rhythm state (format 1, or taken with the rhythm disabled) starts the
+        rhythm afresh: it learns each time-of-day slot again over one period.
+
+        Raises:
+            ValueError: an unknown format, or state taken with another config.
+        """
+        if snapshot.get("format") not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
+        rhythm = snapshot.get("rhythm")
+        if detector.rhythm is not None and rhythm is not None:
+            detector.rhythm = Rhythm.from_snapshot(
+                detector.config.rhythm, detector.model.channels, rhythm
+            )
         detector.windower = Windower.from_snapshot(detector.config.window, snapshot["windower"])
         detector.episodes = Episodes.from_snapshot(
             detector.config.episodes, snapshot["episodes"], attribute=detector._attribute

@@ -17,6 +17,7 @@ __all__ = [
     "EpisodeEventKind",
     "Reading",
     "Severity",
+    "Signal",
     "Window",
     "WindowDecision",
 ]
@@ -57,7 +58,9 @@ class WindowDecision:
     ``score`` and ``threshold`` are in the model's normalised error units; ``threshold`` is None
     while the threshold warms up (then ``anomalous`` is False). ``channel_errors`` has shape
     (channels,) and ``step_errors`` shape (time,): the error attributed to each channel and step.
-    ``model_version`` names the model that scored the window.
+    ``model_version`` names the model that scored the window. ``off_rhythm`` says whether the
+    window's latest reading is far from the entity's usual value at that time of day
+    (:mod:`monitor.rhythm`), a second signal beside the score that also counts as anomalous.
     """
 
     window: Window
@@ -67,6 +70,14 @@ class WindowDecision:
     anomalous: bool
     channel_errors: np.ndarray  # (channels,)
     step_errors: np.ndarray  # (time,)
+    off_rhythm: bool = False
+
+
+class Signal(StrEnum):
+    """What marked a window anomalous."""
+
+    RECONSTRUCTION = "reconstruction"  # the model's error above the entity's threshold
+    RHYTHM = "rhythm"  # off the entity's usual time-of-day values (monitor.rhythm)
 
 
 class EpisodeEventKind(StrEnum):
@@ -93,7 +104,8 @@ class AnomalyEvent:
     ``window_start``/``window_end`` bound the window that caused this event; ``episode_start``
     is the start of the episode's first anomalous window. ``contributions`` maps each channel to
     its share of the reconstruction error (shares sum to 1). ``peak_score`` is the highest score
-    seen in the episode so far. The event's id is derived from these fields (see
+    seen in the episode so far. ``signals`` names what marked the episode's anomalous windows so
+    far (reconstruction, rhythm or both), sorted. The event's id is derived from these fields (see
     ``monitor.events``), so the same input scored by the same model gives the same id.
     """
 
@@ -109,3 +121,4 @@ class AnomalyEvent:
     model_version: str
     contributions: Mapping[str, float] = field(default_factory=dict)
     top_steps: tuple[int, ...] = ()
+    signals: tuple[Signal, ...] = (Signal.RECONSTRUCTION,)

@@ -275,8 +275,9 @@ class ModelSettings(_Section):
 
 class DetectorSettings(_Section):
     """The streaming core's algorithm settings, each passed to its validating Config dataclass:
-    ``monitor.windowing.WindowConfig``, ``monitor.thresholds.ThresholdConfig`` and
-    ``monitor.episodes.EpisodeConfig`` (see their docstrings for keys and defaults)."""
+    ``monitor.windowing.WindowConfig``, ``monitor.thresholds.ThresholdConfig``,
+    ``monitor.rhythm.RhythmConfig`` and ``monitor.episodes.EpisodeConfig`` (see their docstrings
+    for keys and defaults)."""
 
     window: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the windowing defaults (WindowConfig)"
@@ -290,6 +291,11 @@ class DetectorSettings(_Section):
         default_factory=lambda: dict(_NAB_EPISODES),
         description="overrides of the alarm episode defaults (EpisodeConfig; keys given are "
         "merged over the default, chosen on NAB)",
+    )
+    rhythm: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the time-of-day rhythm signal defaults (RhythmConfig; "
+        '{"enabled": false} turns it off)',
     )
     max_batch_windows: int = Field(4096, ge=1, description="windows per model call")
 
@@ -308,6 +314,7 @@ class DetectorSettings(_Section):
             window=self.window,
             threshold=self.threshold,
             episodes=self.episodes,
+            rhythm=self.rhythm,
             max_batch_windows=self.max_batch_windows,
         )
 
@@ -617,6 +624,7 @@ def _dict_sections() -> dict[str, tuple[type, frozenset[str], str]]:
     """Dict-valued settings -> (the dataclass behind them, keys not to list, a note)."""
     from models import KINDS
     from monitor.episodes import EpisodeConfig
+    from monitor.rhythm import RhythmConfig
     from monitor.thresholds import ThresholdConfig
     from monitor.windowing import WindowConfig
 
@@ -631,6 +639,7 @@ def _dict_sections() -> dict[str, tuple[type, frozenset[str], str]]:
         "model.hyperparameters": (config, frozenset({"window"}), model_note),
         "detector.window": (WindowConfig, frozenset(), ""),
         "detector.threshold": (ThresholdConfig, frozenset(), ""),
+        "detector.rhythm": (RhythmConfig, frozenset(), ""),
         "detector.episodes": (EpisodeConfig, frozenset(), ""),
     }
 

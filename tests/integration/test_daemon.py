@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
+import jsonschema
 import numpy as np
 
 from models.base import Autoencoder
@@ -13,6 +14,7 @@ from monitor.formats import encode_reading
 from monitor.kafka import ensure_topics
 from monitor.records import Reading
 from monitor.settings import Settings
+from tests.conftest import REPO
 from tests.integration.conftest import STEP, T0, sine
 from tests.kafka_helpers import produce, read_topic
 
@@ -23,6 +25,8 @@ def _readings(values: np.ndarray, entity: str) -> list[tuple[bytes, bytes]]:
         for i, v in enumerate(values)
     ]
 
+
+EVENT_SCHEMA = json.loads((REPO / "monitor" / "schemas" / "anomaly-event.json").read_text())
 
 BAD = [
     (b"e1", b"\xff\xfe not utf-8"),
@@ -86,3 +90,43 @@ def test_daemon_scores_dead_letters_and_commits(
     # Offsets were committed: the same group, restarted, has nothing left to read.
     again = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
     assert again.readings_in == 0
+
+
+def test_an_off_rhythm_morning_is_published_with_its_signal(
+    kafka_settings: Settings, tiny_model: Autoencoder
+) -> None:
+    """Four days of a stream that repeats every day; on day 4 from 06:00 to 12:00 it runs half a
+    cycle late: each window is still a piece of the usual curve, at the wrong time of day."""
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    day = 288  # 5-minute steps
+    values = sine(4 * day + 24, seed=5)
+    shift = slice(3 * day + 72, 3 * day + 144)
+    values[shift] = values[shift.start + 24 : shift.stop + 24]
+    records = _readings(values[: 4 * day], "e1")
+    produce(kafka_settings.bootstrap, k.readings_topic, records)
+
+    stats = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
+
+    assert stats.readings_accepted == len(records)
+    events = [
+        json.loads(r.value)
+        for r in read_topic(kafka_settings.bootstrap, k.events_topic, expected=stats.events_out)
+    ]
+    for event in events:
+        jsonschema.validate(event, EVENT_SCHEMA)
+    start, stop = T0 + shift.start * STEP, T0 + shift.stop * STEP
+    flagged = [
+        e
+        for e in events
+        if e["data"]["kind"] == "opened"
+        and "rhythm" in e["data"]["signals"]
+        and start <= datetime.fromisoformat(e["data"]["window_end"]) <= stop
+    ]
+    assert flagged, [
+        (e["data"]["kind"], e["data"]["window_end"], e["data"]["signals"]) for e in events
+    ]
+    assert not any(
+        "rhythm" in e["data"]["signals"] and datetime.fromisoformat(e["data"]["window_end"]) < start
+        for e in events
+    ), "a usual day was called off rhythm"

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from monitor.episodes import EpisodeConfig, Episodes, severity_of
-from monitor.records import AnomalyEvent, EpisodeEventKind, Severity, Window, WindowDecision
+from monitor.records import (
+    AnomalyEvent,
+    EpisodeEventKind,
+    Severity,
+    Signal,
+    Window,
+    WindowDecision,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHANNELS = ("a", "b", "c")
@@ -25,6 +32,7 @@ def decision(
     channel_errors: tuple[float, ...] = (1.0, 2.0, 7.0),
     hot_step: int = 3,
     model_version: str = "v1",
+    off_rhythm: bool = False,
 ) -> WindowDecision:
     """The decision on the window ending at step i (stride 1, length 8, 1 s steps)."""
     window = Window(
@@ -44,6 +52,7 @@ def decision(
         anomalous=threshold is not None and score > threshold,
         channel_errors=np.asarray(channel_errors, dtype=float),
         step_errors=steps,
+        off_rhythm=off_rhythm,
     )
 
 
@@ -176,7 +185,8 @@ def test_snapshot_restore_continue_is_exact() -> None:
         entity = "xy"[i % 2]
         score = float(rng.choice([0.5, 1.5, 3.0, 5.0], p=[0.6, 0.2, 0.15, 0.05]))
         errors = tuple(float(v) for v in rng.random(3))
-        stream.append(decision(i // 2, score, entity=entity, channel_errors=errors))
+        off = bool(rng.random() < 0.1)
+        stream.append(decision(i // 2, score, entity=entity, channel_errors=errors, off_rhythm=off))
     whole = Episodes(SMALL)
     expected = [whole.learn_one(d) for d in stream]
     assert sum(len(e) for e in expected) > 10
@@ -186,6 +196,48 @@ def test_snapshot_restore_continue_is_exact() -> None:
         part = Episodes.from_snapshot(SMALL, json.loads(json.dumps(part.snapshot())))
         got += [part.learn_one(d) for d in stream[cut:]]
         assert got == expected
+
+
+def test_off_rhythm_windows_open_episodes_and_events_name_their_signals() -> None:
+    episodes = Episodes(SMALL)
+    opened = []
+    for i in range(3):  # below the threshold, but off the entity's rhythm
+        opened += episodes.learn_one(decision(i, 0.5, off_rhythm=True))
+    assert [e.kind for e in opened] == [EpisodeEventKind.OPENED]
+    assert opened[0].signals == (Signal.RHYTHM,)
+    assert opened[0].severity is Severity.LOW  # the score never passed the threshold
+    episodes.learn_one(decision(3, 5.0))  # the model now sees it too
+    events = [e for _, e in feed(episodes, [0.5] * 8, start=4)]
+    closed = [e for e in events if e.kind is EpisodeEventKind.CLOSED]
+    assert len(closed) == 1 and closed[0].signals == (Signal.RECONSTRUCTION, Signal.RHYTHM)
+    # A new episode starts with only its own windows' signals.
+    again = [e for _, e in feed(episodes, [0.5, 0.5, 0.5, 3.0, 3.0, 3.0], start=12)]
+    assert [e.kind for e in again] == [EpisodeEventKind.OPENED]
+    assert again[0].signals == (Signal.RECONSTRUCTION,)
+
+
+def test_a_window_warming_up_is_normal_even_off_rhythm() -> None:
+    episodes = Episodes(SMALL)
+    events = [
+        e
+        for i in range(10)
+        for e in episodes.learn_one(decision(i, 5.0, threshold=None, off_rhythm=True))
+    ]
+    assert events == [] and not episodes.is_open("e")
+
+
+def test_a_snapshot_from_before_signals_restores_as_reconstruction() -> None:
+    episodes = Episodes(SMALL)
+    feed(episodes, [2.0, 2.0, 2.0])
+    state = json.loads(json.dumps(episodes.snapshot()))
+    for entity in state["entities"].values():
+        del entity["signals"]
+        if entity["peak"] is not None:
+            del entity["peak"]["signals"]
+    restored = Episodes.from_snapshot(SMALL, state)
+    events = [e for i in range(3, 12) for e in restored.learn_one(decision(i, 0.5))]
+    assert [e.kind for e in events] == [EpisodeEventKind.CLOSED]
+    assert events[0].signals == (Signal.RECONSTRUCTION,)
 
 
 def test_snapshot_with_another_config_is_refused() -> None:

@@ -19,7 +19,7 @@ from monitor.formats import (
     event_to_cloudevent,
     parse_timestamp,
 )
-from monitor.records import AnomalyEvent, EpisodeEventKind, Reading, Severity
+from monitor.records import AnomalyEvent, EpisodeEventKind, Reading, Severity, Signal
 from tests.conftest import REPO
 
 SCHEMAS = REPO / "monitor" / "schemas"
@@ -128,6 +128,31 @@ def test_event_is_a_valid_cloudevent_and_round_trips() -> None:
     assert obj["type"] == "io.sensor-monitor.anomaly.opened"
     assert obj["subject"] == "pump-7" and obj["time"] == "2024-05-01T13:00:00Z"
     assert event_from_cloudevent(obj) == event
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [(Signal.RHYTHM,), (Signal.RECONSTRUCTION, Signal.RHYTHM), (Signal.RECONSTRUCTION,)],
+)
+def test_event_signals_are_published_and_round_trip(signals: tuple[Signal, ...]) -> None:
+    event = _event(signals=signals)
+    obj = json.loads(json.dumps(event_to_cloudevent(event, "s")))
+    jsonschema.validate(obj, EVENT_SCHEMA)
+    assert obj["data"]["signals"] == [str(s) for s in signals]
+    assert event_from_cloudevent(obj) == event
+
+
+def test_an_event_from_before_signals_reads_as_reconstruction_and_bad_signals_fail_the_schema() -> (
+    None
+):
+    obj = event_to_cloudevent(_event(), "s")
+    del obj["data"]["signals"]
+    jsonschema.validate(obj, EVENT_SCHEMA)
+    assert event_from_cloudevent(obj).signals == (Signal.RECONSTRUCTION,)
+    for bad in ([], ["weather"], ["rhythm", "rhythm"]):
+        obj["data"]["signals"] = bad
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(obj, EVENT_SCHEMA)
 
 
 def test_event_id_is_deterministic_and_depends_on_what_happened() -> None:

@@ -133,7 +133,6 @@ def _value(default: str) -> Any:
 
 def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.MonkeyPatch) -> None:
     import models
-    from monitor.pipeline import DetectorConfig
 
     objects: dict[str, dict[str, Any]] = {}
     rows = [r for r in settings_reference() if r.json_key is not None]
@@ -144,28 +143,23 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
         "MONITOR_DETECTOR__WINDOW",
         "MONITOR_DETECTOR__THRESHOLD",
         "MONITOR_DETECTOR__EPISODES",
+        "MONITOR_DETECTOR__RHYTHM",
         "MONITOR_MODEL__HYPERPARAMETERS",
     }
     for env, value in objects.items():
         clean_env.setenv(env, json.dumps(value))
     s = load_settings()
     d = s.detector
-    config = DetectorConfig.from_dicts(
-        window=d.window, threshold=d.threshold, episodes=d.episodes, max_batch_windows=4096
-    )
+    config = d.config()
     model = models.build(s.model.kind, window=s.model.window, **s.model.hyperparameters)
     # What the default settings run: the dataclasses' defaults with the settings' choices.
     clean_env.delenv("MONITOR_DETECTOR__WINDOW")
     clean_env.delenv("MONITOR_DETECTOR__THRESHOLD")
     clean_env.delenv("MONITOR_DETECTOR__EPISODES")
+    clean_env.delenv("MONITOR_DETECTOR__RHYTHM")
     clean_env.delenv("MONITOR_MODEL__HYPERPARAMETERS")
     plain = load_settings()
-    plain_config = DetectorConfig.from_dicts(
-        window=plain.detector.window,
-        threshold=plain.detector.threshold,
-        episodes=plain.detector.episodes,
-        max_batch_windows=4096,
-    )
+    plain_config = plain.detector.config()
     plain_model = models.build(
         plain.model.kind, window=plain.model.window, **plain.model.hyperparameters
     )
@@ -173,12 +167,14 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
         "detector.window": plain_config.window,
         "detector.threshold": plain_config.threshold,
         "detector.episodes": plain_config.episodes,
+        "detector.rhythm": plain_config.rhythm,
         "model.hyperparameters": plain_model.config,
     }
     built = {
         "detector.window": config.window,
         "detector.threshold": config.threshold,
         "detector.episodes": config.episodes,
+        "detector.rhythm": config.rhythm,
         "model.hyperparameters": model.config,
     }
     for row in rows:
