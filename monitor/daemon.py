@@ -466,7 +466,16 @@ class Daemon:
                     self.detectors[tp] = Detector(self.model, self.config)
                     fresh.append(tp)
                     continue
-                detector = Detector.from_snapshot(self.model, self.config, snap.detector)
+                detector, fresh_parts = Detector.resume(self.model, self.config, snap.detector)
+                if fresh_parts:
+                    log.warning(
+                        "partition %s: the saved %s state was taken with other detector "
+                        "settings; starting it afresh (readings before offset %s are not "
+                        "re-read, open episodes there get no closed event)",
+                        partition,
+                        " and ".join(fresh_parts),
+                        snap.next_offset,
+                    )
                 if snap.model_version != self.model.version:
                     detector.swap_model(self.model)  # thresholds re-warm for this model
                 self.detectors[tp] = detector

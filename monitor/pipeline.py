@@ -6,7 +6,7 @@ and what is done with its output differ.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ __all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
 
 SNAPSHOT_FORMAT = 2  # 2 added the rhythm; a format 1 snapshot restores with a fresh rhythm
 K = TypeVar("K")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -245,22 +246,74 @@ class Detector:
         Raises:
             ValueError: an unknown format, or state taken with another config.
         """
+        return cls._restore(model, config, snapshot, fresh=None)
+
+    @classmethod
+    def resume(
+        cls, model: Autoencoder, config: DetectorConfig | None, snapshot: Mapping[str, Any]
+    ) -> tuple[Detector, list[str]]:
+        """As :meth:`from_snapshot`, but a part whose state was taken with other settings (an
+        operator changed ``detector.*`` between two runs) starts afresh instead of failing.
+
+        Returns the detector and the parts started afresh (``windower``, ``thresholds``,
+        ``rhythm``, ``episodes``), so that the caller can say so. Episodes open in a part
+        started afresh never get their CLOSED event.
+
+        Raises:
+            ValueError: an unknown snapshot format.
+        """
+        fresh: list[str] = []
+        return cls._restore(model, config, snapshot, fresh=fresh), fresh
+
+    @classmethod
+    def _restore(
+        cls,
+        model: Autoencoder,
+        config: DetectorConfig | None,
+        snapshot: Mapping[str, Any],
+        fresh: list[str] | None,
+    ) -> Detector:
         if snapshot.get("format") not in (1, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
+        settings = detector.config
+
+        def restore(part: str, build: Callable[[], T], default: T) -> T:
+            if fresh is None:
+                return build()
+            try:
+                return build()
+            except (ValueError, KeyError, TypeError):
+                fresh.append(part)
+                return default
+
+        detector.windower = restore(
+            "windower",
+            lambda: Windower.from_snapshot(settings.window, snapshot["windower"]),
+            detector.windower,
+        )
+        detector.thresholds = restore(
+            "thresholds",
+            lambda: {
+                entity: threshold_from_snapshot(settings.threshold, state)
+                for entity, state in snapshot["thresholds"].items()
+            },
+            detector.thresholds,
+        )
         rhythm = snapshot.get("rhythm")
         if detector.rhythm is not None and rhythm is not None:
-            detector.rhythm = Rhythm.from_snapshot(
-                detector.config.rhythm, detector.model.channels, rhythm
+            detector.rhythm = restore(
+                "rhythm",
+                lambda: Rhythm.from_snapshot(settings.rhythm, model.channels, rhythm),
+                detector.rhythm,
             )
-        detector.windower = Windower.from_snapshot(detector.config.window, snapshot["windower"])
-        detector.episodes = Episodes.from_snapshot(
-            detector.config.episodes, snapshot["episodes"], attribute=detector._attribute
+        detector.episodes = restore(
+            "episodes",
+            lambda: Episodes.from_snapshot(
+                settings.episodes, snapshot["episodes"], attribute=detector._attribute
+            ),
+            detector.episodes,
         )
-        detector.thresholds = {
-            entity: threshold_from_snapshot(detector.config.threshold, state)
-            for entity, state in snapshot["thresholds"].items()
-        }
         return detector
 
 

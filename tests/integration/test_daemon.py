@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 
 import jsonschema
 import numpy as np
+import pytest
 
 from models.base import Autoencoder
 from monitor.daemon import Daemon
 from monitor.formats import encode_reading
 from monitor.kafka import ensure_topics
+from monitor.pipeline import DetectorConfig
 from monitor.records import Reading
 from monitor.settings import Settings
 from tests.conftest import REPO
@@ -130,3 +133,39 @@ def test_an_off_rhythm_morning_is_published_with_its_signal(
         "rhythm" in e["data"]["signals"] and datetime.fromisoformat(e["data"]["window_end"]) < start
         for e in events
     ), "a usual day was called off rhythm"
+
+
+def test_a_restart_with_changed_detector_settings_carries_on(
+    kafka_settings: Settings, tiny_model: Autoencoder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator turns the rhythm signal off and restarts: the saved state of the other parts
+    is restored, the changed part starts afresh with a warning, and no reading is lost."""
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    records = _readings(sine(700, seed=4), "e1")
+    produce(kafka_settings.bootstrap, k.readings_topic, records[:400])
+    first = Daemon(kafka_settings, tiny_model, kafka_settings.detector.config(), idle_stop_s=2.0)
+    assert first.run().readings_in == 400
+
+    produce(kafka_settings.bootstrap, k.readings_topic, records[400:])
+    changed = DetectorConfig.from_dicts(
+        **{**kafka_settings.detector.model_dump(), "rhythm": {"enabled": False}}
+    )
+    with caplog.at_level(logging.WARNING, logger="monitor.daemon"):
+        stats = Daemon(kafka_settings, tiny_model, changed, idle_stop_s=2.0).run()
+
+    assert stats.readings_in == 300 and stats.readings_accepted == 300
+    assert stats.windows_scored == 300  # the windows carried on: no refill
+    assert not any("afresh" in r.getMessage() for r in caplog.records)  # rhythm off: nothing lost
+
+    produce(kafka_settings.bootstrap, k.readings_topic, _readings(sine(50, seed=6), "e2"))
+    changed_again = DetectorConfig.from_dicts(
+        **{**kafka_settings.detector.model_dump(), "threshold": {"spot_q": 0.01}}
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monitor.daemon"):
+        stats = Daemon(kafka_settings, tiny_model, changed_again, idle_stop_s=2.0).run()
+    assert stats.readings_in == 50 and stats.readings_accepted == 50
+    assert any(
+        "thresholds" in r.getMessage() and "afresh" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]

@@ -117,3 +117,31 @@ def test_a_model_swap_keeps_the_rhythm(model: Autoencoder) -> None:
     rhythm = detector.rhythm
     detector.swap_model(model)
     assert detector.rhythm is rhythm and len(rhythm) == 1
+
+
+def test_resume_starts_afresh_only_the_parts_whose_settings_changed(model: Autoencoder) -> None:
+    rows = readings(stream())
+    cut = 2 * DAY + 17
+    first = Detector(model)
+    process(first, rows[:cut])
+    state = json.loads(json.dumps(first.snapshot()))
+
+    same, fresh = Detector.resume(model, None, state)
+    assert fresh == []
+    assert flat(process(same, rows[cut:])) == flat(
+        process(Detector.from_snapshot(model, None, state), rows[cut:])
+    )
+
+    changed = DetectorConfig.from_dicts(rhythm={"risk": 1e-3})
+    with pytest.raises(ValueError, match="another config"):
+        Detector.from_snapshot(model, changed, state)
+    resumed, fresh = Detector.resume(model, changed, state)
+    assert fresh == ["rhythm"]
+    assert resumed.rhythm is not None and len(resumed.rhythm) == 0
+    # The windows carry on: the next reading completes a window at once.
+    assert resumed.process(rows[cut : cut + 1]).windows_scored == 1
+
+    changed = DetectorConfig.from_dicts(threshold={"spot_q": 1e-2}, episodes={"cooldown": 3})
+    resumed, fresh = Detector.resume(model, changed, state)
+    assert fresh == ["thresholds", "episodes"]
+    assert resumed.rhythm is not None and len(resumed.rhythm) == 1
