@@ -122,13 +122,10 @@ class Detector:
         self.windower = Windower(self.config.window)
         self.episodes = Episodes(self.config.episodes, attribute=self._attribute)
         self.thresholds: dict[str, Threshold] = {}
-        self.rhythm = self._fresh_rhythm()
+        self.rhythm: Rhythm | None = (
+            Rhythm(self.config.rhythm, model.channels) if self.config.rhythm.enabled else None
+        )
         self._warm_scores = model.validation_scores
-
-    def _fresh_rhythm(self) -> Rhythm | None:
-        if not self.config.rhythm.enabled:
-            return None
-        return Rhythm(self.config.rhythm, self.model.channels)
 
     @property
     def model_version(self) -> str:
