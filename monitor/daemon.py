@@ -470,8 +470,8 @@ class Daemon:
                 if fresh_parts:
                     log.warning(
                         "partition %s: the saved %s state was taken with other detector "
-                        "settings; starting it afresh (readings before offset %s are not "
-                        "re-read, open episodes there get no closed event)",
+                        "settings (or is unreadable); starting it afresh (readings before "
+                        "offset %s are not re-read, open episodes there get no closed event)",
                         partition,
                         " and ".join(fresh_parts),
                         snap.next_offset,

@@ -165,16 +165,19 @@ class _EntityRhythm:
         state.blocks_filled = int(data["blocks_filled"])
         state.block_at = int(data["block_at"])
         state.current_n = int(data["current_n"])
-        state.resum(channels)
+        state.resum_recent(channels)
+        state.resum_history(channels)
         return state
 
-    def resum(self, channels: int) -> None:
-        """Recompute the running sums exactly from the rings (bounds rounding drift)."""
-        recent, blocks = self.recent, self.blocks
+    def resum_recent(self, channels: int) -> None:
+        """Recompute the recent residuals' running sums exactly (bounds rounding drift)."""
         for c in range(channels):
-            self.recent_sum[c] = math.fsum(recent[c::channels])
+            self.recent_sum[c] = math.fsum(self.recent[c::channels])
+
+    def resum_history(self, channels: int) -> None:
+        """Recompute the completed blocks' sums from their ring."""
         width = 2 * channels
-        self.history = [math.fsum(blocks[j::width]) for j in range(width)]
+        self.history = [math.fsum(self.blocks[j::width]) for j in range(width)]
 
 
 def _pack(values: array) -> str:
@@ -247,7 +250,7 @@ class Rhythm:
         state.at += 1
         if state.at == config.average:
             state.at = 0
-            state.resum(n_channels)
+            state.resum_recent(n_channels)
         state.current_n += 1
         if state.current_n == config.block:
             self._close_block(state, n_channels)
@@ -261,7 +264,7 @@ class Rhythm:
         state.current_n = 0
         state.block_at = (state.block_at + 1) % self.config.history_blocks
         state.blocks_filled = min(state.blocks_filled + 1, self.config.history_blocks)
-        state.resum(n_channels)
+        state.resum_history(n_channels)
 
     def forget(self, entities: Iterable[str]) -> None:
         """Drop these entities' state."""
