@@ -302,6 +302,7 @@ class Daemon:
                 dead_letters=Counter(d.reason for d in dead),
                 batch_seconds=time.perf_counter() - started,
                 scoring_seconds=scoring_s,
+                routine=sum(d.routine for d in decisions),
             )
         if self.on_event is not None:
             for event in events:

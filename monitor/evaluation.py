@@ -114,6 +114,7 @@ def _default_settings() -> tuple[dict[str, Any], dict[str, Any]]:
         "threshold": dict(d.threshold),
         "episodes": dict(d.episodes),
         "rhythm": dict(d.rhythm),
+        "routine": dict(d.routine),
     }
 
 
@@ -126,7 +127,7 @@ class EvaluationConfig:
             :func:`models.build` (default: the ``model`` settings' defaults, chosen on NAB;
             a missing kind is ``"lstm"``, a missing window 16 steps).
         detector: ``{"window": {...}, "threshold": {...}, "episodes": {...},
-            "rhythm": {...}, "max_batch_windows": n}``, the arguments of
+            "rhythm": {...}, "routine": {...}, "max_batch_windows": n}``, the arguments of
             :meth:`monitor.pipeline.DetectorConfig.from_dicts`; the window's length and
             channels come from the model (default: the ``detector`` settings' defaults).
         probation: NAB's probationary fraction: the first ``min(floor(probation * rows),
@@ -197,7 +198,7 @@ class EvaluationConfig:
     def _detector_config(self) -> Any:
         from monitor.pipeline import DetectorConfig
 
-        known = {"window", "threshold", "episodes", "rhythm", "max_batch_windows"}
+        known = {"window", "threshold", "episodes", "rhythm", "routine", "max_batch_windows"}
         unknown = sorted(set(self.detector) - known)
         if unknown:
             raise ConfigError(
@@ -247,6 +248,7 @@ class EvaluationConfig:
                 "threshold": dict(d.threshold),
                 "episodes": dict(d.episodes),
                 "rhythm": dict(d.rhythm),
+                "routine": dict(d.routine),
                 "max_batch_windows": d.max_batch_windows,
             },
             seed=m.seed,

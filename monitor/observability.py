@@ -136,6 +136,7 @@ class Metrics:
     ================================  =========  ============================================
     ``monitor_readings_total``        counter    -
     ``monitor_windows_scored_total``  counter    -
+    ``monitor_windows_routine_total`` counter    -
     ``monitor_events_total``          counter    ``kind`` (opened/updated/closed)
     ``monitor_dead_letters_total``    counter    ``reason`` (a reason code)
     ``monitor_late_readings_total``   counter    -
@@ -162,6 +163,12 @@ class Metrics:
         r = self.registry
         self.readings = Counter("monitor_readings", "Readings consumed.", registry=r)
         self.windows_scored = Counter("monitor_windows_scored", "Windows scored.", registry=r)
+        self.windows_routine = Counter(
+            "monitor_windows_routine",
+            "Windows above their threshold judged normal because the entity's error usually "
+            "runs that high at this time of day (monitor.routine).",
+            registry=r,
+        )
         self.events = Counter(
             "monitor_events", "Anomaly events published, by kind.", ["kind"], registry=r
         )
@@ -242,6 +249,7 @@ class Metrics:
         batch_seconds: float,
         scoring_seconds: float,
         late: int | None = None,
+        routine: int = 0,
     ) -> None:
         """Count what one batch did.
 
@@ -255,12 +263,13 @@ class Metrics:
             batch_seconds: wall time of the whole batch, in seconds.
             scoring_seconds: wall time of scoring, in seconds.
             late: late readings; by default the ``late`` dead letters (late beyond grace).
+            routine: windows above their threshold judged routine (not alarmed).
 
         Raises:
             ValueError: a negative count or a negative or non-finite duration.
         """
         late_count = dead_letters.get(_LATE_REASON, 0) if late is None else late
-        counts = {"readings": readings, "windows": windows}
+        counts = {"readings": readings, "windows": windows, "routine": routine}
         counts.update({f"events[{k!r}]": v for k, v in events.items()})
         counts.update({f"dead_letters[{k!r}]": v for k, v in dead_letters.items()})
         counts["late"] = late_count  # last: when derived, the dead letter is the one to name
@@ -275,6 +284,7 @@ class Metrics:
                 raise ValueError(f"record_batch: {what} = {seconds}, expected seconds >= 0")
         self.readings.inc(readings)
         self.windows_scored.inc(windows)
+        self.windows_routine.inc(routine)
         for kind, count in events.items():
             self.events.labels(kind=kind).inc(count)
         for reason, count in dead_letters.items():

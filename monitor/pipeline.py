@@ -17,12 +17,13 @@ from monitor.episodes import EpisodeConfig, Episodes
 from monitor.errors import ConfigError
 from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
 from monitor.rhythm import Rhythm, RhythmConfig
+from monitor.routine import Routine, RoutineConfig
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
 from monitor.windowing import WindowConfig, Windower
 
 __all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
 
-SNAPSHOT_FORMAT = 2  # 2 added the rhythm; a format 1 snapshot restores with a fresh rhythm
+SNAPSHOT_FORMAT = 3  # 2 added the rhythm, 3 the routine; older ones restore them fresh
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ class DetectorConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     rhythm: RhythmConfig = field(default_factory=RhythmConfig)
+    routine: RoutineConfig = field(default_factory=RoutineConfig)
     max_batch_windows: int = 4096
 
     @classmethod
@@ -46,6 +48,7 @@ class DetectorConfig:
         threshold: Mapping[str, Any] | None = None,
         episodes: Mapping[str, Any] | None = None,
         rhythm: Mapping[str, Any] | None = None,
+        routine: Mapping[str, Any] | None = None,
         max_batch_windows: int = 4096,
     ) -> DetectorConfig:
         """Build from plain settings, turning a bad key or value into a ConfigError naming it."""
@@ -54,6 +57,7 @@ class DetectorConfig:
             threshold=_build(ThresholdConfig, "detector.threshold", threshold),
             episodes=_build(EpisodeConfig, "detector.episodes", episodes),
             rhythm=_build(RhythmConfig, "detector.rhythm", rhythm),
+            routine=_build(RoutineConfig, "detector.routine", routine),
             max_batch_windows=max_batch_windows,
         )
 
@@ -104,12 +108,14 @@ class DetectorOutput:
 
 
 class Detector:
-    """Turns readings into anomaly events with one model, per-entity thresholds, the rhythm
-    signal and episodes.
+    """Turns readings into anomaly events with one model, per-entity thresholds, the routine,
+    the rhythm signal and episodes.
 
     Each entity's threshold is warm-started from the model's validation scores when the entity
     is first seen, and then learns only from windows judged normal outside an episode, so that
-    an ongoing anomaly does not teach the threshold to accept it. The rhythm signal
+    an ongoing anomaly does not teach the threshold to accept it. A window above its threshold
+    but within what the entity's error usually reaches at this time of day is judged normal
+    (:mod:`monitor.routine`, unless ``routine.enabled`` is false). The rhythm signal
     (:mod:`monitor.rhythm`, unless ``rhythm.enabled`` is false) marks windows off the entity's
     usual time-of-day values; episodes open on windows marked by either.
 
@@ -124,6 +130,9 @@ class Detector:
         self.thresholds: dict[str, Threshold] = {}
         self.rhythm: Rhythm | None = (
             Rhythm(self.config.rhythm, model.channels) if self.config.rhythm.enabled else None
+        )
+        self.routine: Routine | None = (
+            Routine(self.config.routine) if self.config.routine.enabled else None
         )
         self._warm_scores = model.validation_scores
 
@@ -152,6 +161,7 @@ class Detector:
         thresholds = self.thresholds
         episodes = self.episodes
         rhythm = self.rhythm
+        routine = self.routine
         decisions = out.decisions
         events = out.events
         # One conversion for the batch: the same Python floats as float(scores.window[i]).
@@ -164,6 +174,13 @@ class Detector:
                 threshold = self._threshold_for(entity)
             score = window_scores[i]
             anomalous = threshold.classify(score)
+            usual = False
+            if routine is not None:
+                value = threshold.value
+                if value is not None and value > 0.0 and score == score:  # not NaN
+                    usual = routine.learn_one(entity, window.end, score / value)
+                    if usual:
+                        anomalous = False
             off_rhythm = rhythm is not None and rhythm.learn_one(
                 entity, window.end, window.values[-1].tolist()
             )
@@ -177,6 +194,7 @@ class Detector:
                 channel[i],  # channel_errors
                 step[i],  # step_errors
                 off_rhythm,
+                usual,  # routine
             )
             if anomalous:
                 # Tells the threshold a score exceeded it without teaching it the score itself.
@@ -221,13 +239,14 @@ class Detector:
         return threshold
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state of windows, thresholds, rhythm and episodes (not the model)."""
+        """JSON-ready state of windows, thresholds, routine, rhythm and episodes (not the model)."""
         return {
             "format": SNAPSHOT_FORMAT,
             "model_version": self.model.version,
             "windower": self.windower.snapshot(),
             "thresholds": {e: t.snapshot() for e, t in self.thresholds.items()},
             "rhythm": None if self.rhythm is None else self.rhythm.snapshot(),
+            "routine": None if self.routine is None else self.routine.snapshot(),
             "episodes": self.episodes.snapshot(),
         }
 
@@ -237,8 +256,8 @@ class Detector:
     ) -> Detector:
         """A detector that continues exactly where the snapshotted one stopped.
 
-        A snapshot without rhythm state (format 1, or taken with the rhythm disabled) starts the
-        rhythm afresh: it learns each time-of-day slot again over one period.
+        A snapshot without rhythm or routine state (an older format, or taken with them
+        disabled) starts them afresh: they learn each time-of-day slot again over one period.
 
         Raises:
             ValueError: an unknown format, or state taken with another config.
@@ -253,8 +272,8 @@ class Detector:
         operator changed ``detector.*`` between two runs) starts afresh instead of failing.
 
         Returns the detector and the parts started afresh (``windower``, ``thresholds``,
-        ``rhythm``, ``episodes``), so that the caller can say so. Episodes open in a part
-        started afresh never get their CLOSED event.
+        ``rhythm``, ``routine``, ``episodes``), so that the caller can say so. Episodes open in
+        a part started afresh never get their CLOSED event.
 
         Raises:
             ValueError: an unknown snapshot format.
@@ -270,7 +289,7 @@ class Detector:
         snapshot: Mapping[str, Any],
         fresh: list[str] | None,
     ) -> Detector:
-        if snapshot.get("format") not in (1, SNAPSHOT_FORMAT):
+        if snapshot.get("format") not in (1, 2, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
         settings = detector.config
@@ -303,6 +322,13 @@ class Detector:
                 "rhythm",
                 lambda: Rhythm.from_snapshot(settings.rhythm, model.channels, rhythm),
                 detector.rhythm,
+            )
+        routine = snapshot.get("routine")
+        if detector.routine is not None and routine is not None:
+            detector.routine = restore(
+                "routine",
+                lambda: Routine.from_snapshot(settings.routine, routine),
+                detector.routine,
             )
         detector.episodes = restore(
             "episodes",

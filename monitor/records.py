@@ -61,6 +61,8 @@ class WindowDecision:
     ``model_version`` names the model that scored the window. ``off_rhythm`` says whether the
     window's latest reading is far from the entity's usual value at that time of day
     (:mod:`monitor.rhythm`), a second signal beside the score that also counts as anomalous.
+    ``routine`` says that the score is above the threshold but within what the entity's error
+    usually reaches at this time of day (:mod:`monitor.routine`): then ``anomalous`` is False.
     """
 
     window: Window
@@ -71,6 +73,7 @@ class WindowDecision:
     channel_errors: np.ndarray  # (channels,)
     step_errors: np.ndarray  # (time,)
     off_rhythm: bool = False
+    routine: bool = False
 
 
 class Signal(StrEnum):

@@ -276,8 +276,8 @@ class ModelSettings(_Section):
 class DetectorSettings(_Section):
     """The streaming core's algorithm settings, each passed to its validating Config dataclass:
     ``monitor.windowing.WindowConfig``, ``monitor.thresholds.ThresholdConfig``,
-    ``monitor.rhythm.RhythmConfig`` and ``monitor.episodes.EpisodeConfig`` (see their docstrings
-    for keys and defaults)."""
+    ``monitor.routine.RoutineConfig``, ``monitor.rhythm.RhythmConfig`` and
+    ``monitor.episodes.EpisodeConfig`` (see their docstrings for keys and defaults)."""
 
     window: dict[str, Any] = Field(
         default_factory=dict, description="overrides of the windowing defaults (WindowConfig)"
@@ -291,6 +291,12 @@ class DetectorSettings(_Section):
         default_factory=lambda: dict(_NAB_EPISODES),
         description="overrides of the alarm episode defaults (EpisodeConfig; keys given are "
         "merged over the default, chosen on NAB)",
+    )
+    routine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of the routine's defaults (RoutineConfig: an exceedance within "
+        "what the error usually reaches at this time of day is judged normal; "
+        '{"enabled": false} turns it off)',
     )
     rhythm: dict[str, Any] = Field(
         default_factory=dict,
@@ -315,6 +321,7 @@ class DetectorSettings(_Section):
             threshold=self.threshold,
             episodes=self.episodes,
             rhythm=self.rhythm,
+            routine=self.routine,
             max_batch_windows=self.max_batch_windows,
         )
 
@@ -625,6 +632,7 @@ def _dict_sections() -> dict[str, tuple[type, frozenset[str], str]]:
     from models import KINDS
     from monitor.episodes import EpisodeConfig
     from monitor.rhythm import RhythmConfig
+    from monitor.routine import RoutineConfig
     from monitor.thresholds import ThresholdConfig
     from monitor.windowing import WindowConfig
 
@@ -639,6 +647,7 @@ def _dict_sections() -> dict[str, tuple[type, frozenset[str], str]]:
         "model.hyperparameters": (config, frozenset({"window"}), model_note),
         "detector.window": (WindowConfig, frozenset(), ""),
         "detector.threshold": (ThresholdConfig, frozenset(), ""),
+        "detector.routine": (RoutineConfig, frozenset(), ""),
         "detector.rhythm": (RhythmConfig, frozenset(), ""),
         "detector.episodes": (EpisodeConfig, frozenset(), ""),
     }

@@ -14,8 +14,9 @@ from models.base import Autoencoder
 from monitor.daemon import Daemon
 from monitor.formats import encode_reading
 from monitor.kafka import ensure_topics
+from monitor.observability import Metrics
 from monitor.pipeline import DetectorConfig
-from monitor.records import Reading
+from monitor.records import Reading, WindowDecision
 from monitor.settings import Settings
 from tests.conftest import REPO
 from tests.integration.conftest import STEP, T0, sine
@@ -133,6 +134,47 @@ def test_an_off_rhythm_morning_is_published_with_its_signal(
         "rhythm" in e["data"]["signals"] and datetime.fromisoformat(e["data"]["window_end"]) < start
         for e in events
     ), "a usual day was called off rhythm"
+
+
+def test_a_burst_every_morning_alarms_once_and_then_counts_as_routine(
+    kafka_settings: Settings, tiny_model: Autoencoder
+) -> None:
+    """Five days with the same burst at 10:00 from the second day on: the first burst opens an
+    episode, the later ones are routine (judged normal and counted in the metric), and every
+    reading is scored."""
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    day = 288  # 5-minute steps
+    values = sine(5 * day, seed=7)
+    for d in range(1, 5):
+        values[d * day + 120 : d * day + 123] += 12.0
+    records = _readings(values, "e1")
+    produce(kafka_settings.bootstrap, k.readings_topic, records)
+    metrics = Metrics()
+    routine_windows: list[datetime] = []
+
+    def collect(decisions: list[WindowDecision]) -> None:
+        routine_windows.extend(d.window.end for d in decisions if d.routine)
+
+    config = DetectorConfig.from_dicts(rhythm={"enabled": False})
+    stats = Daemon(
+        kafka_settings, tiny_model, config, idle_stop_s=2.0, metrics=metrics, on_decisions=collect
+    ).run()
+
+    assert stats.readings_accepted == len(records)
+    events = [
+        json.loads(r.value)
+        for r in read_topic(kafka_settings.bootstrap, k.events_topic, expected=stats.events_out)
+    ]
+    morning = [
+        (datetime.fromisoformat(e["data"]["window_end"]) - T0).days
+        for e in events
+        if e["data"]["kind"] == "opened"
+        and 600 <= (datetime.fromisoformat(e["data"]["window_end"]) - T0).seconds // 60 <= 720
+    ]
+    assert morning == [1], [(e["data"]["kind"], e["data"]["window_end"]) for e in events]
+    assert {(end - T0).days for end in routine_windows if end.hour in (10, 11)} == {2, 3, 4}
+    assert metrics.value("monitor_windows_routine_total") == len(routine_windows)
 
 
 def test_a_restart_with_changed_detector_settings_carries_on(

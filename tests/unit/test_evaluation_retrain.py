@@ -16,8 +16,11 @@ from monitor.evaluation import EvaluationConfig, evaluate_stream
 from monitor.scoring import probation_rows
 from tests.unit.test_evaluation import CONFIG
 
-# The small dense model and quick threshold of the replay's own tests.
-MODEL, DETECTOR = CONFIG.model, CONFIG.detector
+# The small dense model and quick threshold of the replay's own tests, without the routine:
+# it would absorb a lasting shift by itself after a day (see the test below), and these tests
+# are about what retraining does.
+MODEL = CONFIG.model
+DETECTOR = {**CONFIG.detector, "routine": {"enabled": False}}
 STEP = timedelta(minutes=5)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 ROWS, SHIFT, SPIKE = 6000, 3000, 5000
@@ -68,6 +71,18 @@ def test_without_retraining_a_lasting_shift_alarms_for_good_and_hides_the_spike(
     assert out.loc[SHIFT + 500 : SPIKE - 1, "episode"].all()  # one endless episode
     assert out.loc[SPIKE : SPIKE + 20, "alarm"].sum() == 0  # the spike falls inside it
     assert out.attrs["retrain_rounds"] == []
+
+
+def test_the_routine_alone_absorbs_a_lasting_shift_after_a_day(shifted: Path) -> None:
+    """With the routine on (the default) and no retraining, the shifted level's windows are
+    routine from the second day on (they exceed by as much as the day before), so the
+    threshold learns the new level and the spike after it alarms."""
+    config = EvaluationConfig(model=MODEL, detector=CONFIG.detector)
+    out = evaluate_stream(shifted, config)
+    day = 288
+    assert out.loc[SHIFT : SHIFT + 50, "alarm"].sum() == 1  # the shift itself is news
+    assert not out.loc[SHIFT + 2 * day : SPIKE - 1, "episode"].any()
+    assert out.loc[SPIKE : SPIKE + 20, "alarm"].sum() == 1
 
 
 def test_scheduled_retraining_learns_the_new_level_and_still_catches_the_spike(

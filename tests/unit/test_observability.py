@@ -64,6 +64,7 @@ _batches = st.lists(
         {
             "readings": st.integers(0, 10_000),
             "windows": st.integers(0, 10_000),
+            "routine": st.integers(0, 100),
             "events": st.dictionaries(
                 st.sampled_from(["opened", "updated", "closed"]), st.integers(0, 50)
             ),
@@ -83,7 +84,7 @@ _batches = st.lists(
 @given(_batches)
 def test_counters_after_record_batch_equal_the_inputs(batches: list[dict]) -> None:
     m = Metrics()
-    readings = windows = 0
+    readings = windows = routine = 0
     events: Counter[str] = Counter()
     dead: Counter[str] = Counter()
     batch_s = 0.0
@@ -91,12 +92,14 @@ def test_counters_after_record_batch_equal_the_inputs(batches: list[dict]) -> No
         m.record_batch(**batch)
         readings += batch["readings"]
         windows += batch["windows"]
+        routine += batch["routine"]
         events.update(batch["events"])
         dead.update(batch["dead_letters"])
         batch_s += batch["batch_seconds"]
 
     assert m.value("monitor_readings_total") == readings
     assert m.value("monitor_windows_scored_total") == windows
+    assert m.value("monitor_windows_routine_total") == routine
     for kind in ("opened", "updated", "closed"):
         assert m.value("monitor_events_total", {"kind": kind}) == events[kind]
     for reason, count in dead.items():
