@@ -133,9 +133,9 @@ class _EntityRhythm:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "profile": _pack(self.profile),
-            "recent": _pack(self.recent),
-            "blocks": _pack(self.blocks),
+            "profile": pack_floats(self.profile),
+            "recent": pack_floats(self.recent),
+            "blocks": pack_floats(self.blocks),
             "current": list(self.current),
             "filled": self.filled,
             "at": self.at,
@@ -150,7 +150,7 @@ class _EntityRhythm:
     ) -> _EntityRhythm:
         state = cls.fresh(config, channels)
         for name in ("profile", "recent", "blocks"):
-            packed = _unpack(data[name])
+            packed = unpack_floats(data[name])
             if len(packed) != len(getattr(state, name)):
                 raise ValueError(
                     f"rhythm snapshot: {name} holds {len(packed)} values, "
@@ -180,11 +180,13 @@ class _EntityRhythm:
         self.history = [math.fsum(self.blocks[j::width]) for j in range(width)]
 
 
-def _pack(values: array) -> str:
+def pack_floats(values: array) -> str:
+    """An ``array('d')`` as base64 text of its bytes, for JSON snapshots (exact and compact)."""
     return base64.b64encode(values.tobytes()).decode("ascii")
 
 
-def _unpack(text: str) -> array:
+def unpack_floats(text: str) -> array:
+    """The inverse of :func:`pack_floats`; malformed text raises ValueError."""
     values = array("d")
     values.frombytes(base64.b64decode(text.encode("ascii"), validate=True))
     return values

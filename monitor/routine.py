@@ -26,12 +26,13 @@ windows.
 
 from __future__ import annotations
 
-import base64
 from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+
+from monitor.rhythm import pack_floats, unpack_floats
 
 __all__ = ["Routine", "RoutineConfig"]
 
@@ -108,16 +109,6 @@ class _EntityRoutine:
         )
 
 
-def _pack(values: array) -> str:
-    return base64.b64encode(values.tobytes()).decode("ascii")
-
-
-def _unpack(text: str) -> array:
-    values = array("d")
-    values.frombytes(base64.b64decode(text.encode("ascii"), validate=True))
-    return values
-
-
 class Routine:
     """The routine of all entities (see the module docstring).
 
@@ -180,9 +171,9 @@ class Routine:
             "config": self.config.to_dict(),
             "entities": {
                 name: {
-                    "earlier": _pack(state.earlier),
-                    "latest": _pack(state.latest),
-                    "since": _pack(state.since),
+                    "earlier": pack_floats(state.earlier),
+                    "latest": pack_floats(state.latest),
+                    "since": pack_floats(state.since),
                 }
                 for name, state in self._entities.items()
             },
@@ -207,7 +198,7 @@ class Routine:
         routine = cls(config)
         try:
             for name, data in snapshot["entities"].items():
-                arrays = {key: _unpack(data[key]) for key in ("earlier", "latest", "since")}
+                arrays = {key: unpack_floats(data[key]) for key in ("earlier", "latest", "since")}
                 if any(len(values) != config.slots for values in arrays.values()):
                     raise ValueError(f"entity {name!r} does not hold {config.slots} slots")
                 routine._entities[str(name)] = _EntityRoutine(**arrays)

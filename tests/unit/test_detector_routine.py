@@ -4,7 +4,7 @@ on its first day only, a clearly larger one still alarms, snapshots carry the ro
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -14,11 +14,9 @@ import torch
 import models
 from models.base import Autoencoder
 from monitor.pipeline import Detector, DetectorConfig, DetectorOutput
-from monitor.records import EpisodeEventKind, Reading
+from monitor.records import EpisodeEventKind
+from tests.unit.test_detector_rhythm import DAY, T0, process, readings
 
-T0 = datetime(2026, 2, 2, tzinfo=UTC)
-STEP = timedelta(minutes=5)
-DAY = 288
 DAYS = 6
 BURST = 120  # 10:00, three steps
 
@@ -41,14 +39,6 @@ def model() -> Autoencoder:
     m = models.build("lstm", channels=("value",), window=16, epochs=3, hidden_size=8, latent_size=4)
     m.fit(stream()[:DAY, None], seed=0)
     return m
-
-
-def readings(values: np.ndarray) -> list[Reading]:
-    return [Reading("e", T0 + i * STEP, {"value": float(v)}) for i, v in enumerate(values)]
-
-
-def process(detector: Detector, rows: list[Reading]) -> list[DetectorOutput]:
-    return [detector.process(rows[i : i + 100]) for i in range(0, len(rows), 100)]
 
 
 def flat(outputs: list[DetectorOutput]) -> tuple[list[Any], list[Any]]:
