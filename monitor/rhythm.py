@@ -230,24 +230,33 @@ class Rhythm:
         full = state.filled == config.average
         count = state.filled if full else state.filled + 1
         past = state.blocks_filled * config.block + state.current_n
+        judge = past >= config.warm
         off = False
+        k = 0  # 2 * c: the channel's (sum ma, sum ma^2) in history and current
         for c in range(n_channels):
             x = latest[c]
-            p = profile[base + c]
+            i = base + c
+            p = profile[i]
             residual = abs(x - p)
-            profile[base + c] = p + alpha * (x - p)
+            profile[i] = p + alpha * (x - p)
+            j = ring + c
+            total = recent_sum[c]
             if full:
-                recent_sum[c] -= recent[ring + c]
-            recent[ring + c] = residual
-            recent_sum[c] += residual
-            ma = recent_sum[c] / count
-            if past >= config.warm:
-                mean = (history[2 * c] + current[2 * c]) / past
-                variance = (history[2 * c + 1] + current[2 * c + 1]) / past - mean * mean
-                if variance > 0.0 and ma > mean + z * math.sqrt(variance):
-                    off = True
-            current[2 * c] += ma
-            current[2 * c + 1] += ma * ma
+                total -= recent[j]
+            recent[j] = residual
+            total += residual
+            recent_sum[c] = total
+            ma = total / count
+            # Once one channel is off the window is; below the mean it cannot be (z > 0).
+            if judge and not off:
+                mean = (history[k] + current[k]) / past
+                if ma > mean:
+                    variance = (history[k + 1] + current[k + 1]) / past - mean * mean
+                    if variance > 0.0 and ma > mean + z * math.sqrt(variance):
+                        off = True
+            current[k] += ma
+            current[k + 1] += ma * ma
+            k += 2
         state.filled = count
         state.at += 1
         if state.at == config.average:
