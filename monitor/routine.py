@@ -94,7 +94,7 @@ class RoutineConfig:
 class _EntityRoutine:
     """One entity's memory per slot: ``earlier`` (the largest ratio of periods before the
     latest), ``latest`` (the largest of the latest period that reached the slot) and ``since``
-    (when that latest period's first exceedance there happened, epoch seconds; -inf: never)."""
+    (when that latest period's first window there ended, epoch seconds; -inf: never)."""
 
     earlier: array
     latest: array
