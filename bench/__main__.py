@@ -1,11 +1,13 @@
 """Run the benchmarks: ``python -m bench`` (``make bench``).
 
-By default both speed benchmarks run, one after the other (8-10 minutes on 2 cores):
+By default the three speed benchmarks run, one after the other (10-12 minutes on 2 cores):
 
 - ``daemon`` (:mod:`bench.bench_daemon`): throughput, latency, memory and back-pressure of the
   daemon on a real broker; its figures go to ``bench/results/latest.json``;
 - ``models`` (:mod:`bench.bench_models`): fit time, scoring throughput and epoch time of the
-  autoencoder variants.
+  autoencoder variants;
+- ``evaluate`` (:mod:`bench.bench_evaluate`): ``monitor evaluate`` over a folder of 60 files of
+  ~22,000 rows; its figures go to ``bench/results/evaluate.json``.
 
 ``--only daemon`` (or ``models``, or ``nab`` for the NAB configuration sweep of
 :mod:`bench.nab_sweep`, which needs the NAB data and is not run by default) picks some;
@@ -28,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], bool]] = {
         ["--kinds", "lstm", "--skip", "1,3", "--min-seconds", "0.05"],
         True,
     ),
+    "evaluate": ("bench.bench_evaluate", ["--quick"], True),
     "nab": ("bench.nab_sweep", ["--grid", "best"], False),
 }
 
