@@ -8,6 +8,8 @@ default (``model.hyperparameters``: an LSTM autoencoder of 16 hidden units and a
 8; ``--kind`` for another variant) at window 64, fitted for 2 epochs on a noisy sine; windows
 have stride 1.
 Torch uses one thread (``--threads``) here and in the daemon processes (``OMP_NUM_THREADS``).
+The garbage collector is tuned here as ``monitor run`` tunes it (``monitor.daemon.tune_gc``)
+before anything is measured, so a, b, c and d all run with the same settings.
 Daemon settings are the defaults (``--quick`` shortens the consumer session to 2 s for a
 quicker group join; section 3 checkpoints every 30 s, see below);
 ``--setting kafka.max_poll_records=500`` (repeatable) changes them for every run.
@@ -99,7 +101,7 @@ from bench.harness import (
 )
 from models.autoencoder import TorchAutoencoder
 from monitor.broker import provide_broker
-from monitor.daemon import Daemon
+from monitor.daemon import Daemon, tune_gc
 from monitor.formats import decode_reading, parse_timestamp
 from monitor.kafka import ensure_topics
 from monitor.observability import Metrics
@@ -828,6 +830,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": overrides,
         "load_start": _load(),
     }
+    # This process's a, b, c and d all run with the garbage collector as ``monitor run`` sets it.
+    tune_gc()
     started = time.perf_counter()
     external = args.bootstrap or os.environ.get("MONITOR_BOOTSTRAP")
     with (

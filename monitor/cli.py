@@ -347,7 +347,7 @@ def print_event(event: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from monitor.daemon import Daemon
+    from monitor.daemon import Daemon, tune_gc
     from monitor.observability import HealthServer, Metrics
 
     model, config = load_serving(settings)
@@ -377,6 +377,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # A pinned model (--model) stays; one served from the registry follows promotions.
         if args.retrain or settings.model.path is None:
             stack.enter_context(_lifecycle(settings, daemon, schedule=args.retrain))
+        tune_gc()
         stats = daemon.run()
     print(stats.summary(), flush=True)
     return 0

@@ -17,6 +17,7 @@ through the state topic, their state.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -42,9 +43,31 @@ from monitor.pipeline import Detector, DetectorConfig, process_together
 from monitor.records import Reading, WindowDecision
 from monitor.settings import Settings
 
-__all__ = ["Daemon", "DaemonStats"]
+__all__ = ["GC_YOUNG_THRESHOLD", "Daemon", "DaemonStats", "tune_gc"]
 
 log = logging.getLogger(__name__)
+
+# Allocations (net) between two collections of the youngest generation; CPython's default is 700.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Fewer and cheaper cyclic garbage collections, for a process about to run the daemon's loop.
+
+    The loop allocates several short-lived containers per reading (the decoded reading, its
+    window, the decision) and creates almost no reference cycles, yet with CPython's defaults
+    the collector ran every few dozen readings, and every full collection re-scanned the
+    hundreds of thousands of objects that importing torch and loading the model leave behind.
+    That was ~8% of the loop at 8 channels and ~13% at one (``python -m bench.bench_daemon``).
+    So the objects alive now are frozen (never scanned again; they live as long as the process
+    anyway) and the youngest generation's threshold is raised to ``GC_YOUNG_THRESHOLD``; the
+    older generations keep their ratios. Process-wide: ``monitor run`` calls it, a program that
+    embeds :class:`Daemon` may.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
 
 
 @dataclass
