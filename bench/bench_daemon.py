@@ -30,7 +30,11 @@ quicker group join; section 3 checkpoints every 30 s, see below);
       in chunks of the daemon's ``max_batch_windows`` (one window per reading at stride 1):
       what scoring costs without Kafka, windows, thresholds or episodes.
 
-   Ratios b/a and b/c. Goals: b/a >= 0.5 on one channel, b/c >= 10. From a and d, the
+   Ratios b/a and b/c. Goals: b/a >= 0.5 on one channel, b/c >= 10. The section runs
+   ``--repeat`` times (3; 1 with ``--quick``), the channel counts taking turns, each run on a
+   fresh topic: the figures are the medians over the runs, the ratios the medians of each run's
+   ratios (a, b and c of one run are measured minutes apart at most), and the runs' b/c range is
+   printed beside them. One run's figures move by 10-40% on this shared machine. From a and d, the
    ceiling on b/a: a daemon that spent nothing on windows, thresholds or episodes would still
    consume and decode each reading (a's cost) and score its window (d's), so
    ``b/a <= d / (a + d)``, however fast the rest becomes.
@@ -270,6 +274,21 @@ def model_alone(
         seconds = time.perf_counter() - started
         if seconds >= min_s:
             return {"windows": done, "windows_per_s": done / seconds}
+
+
+def median_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One throughput result from repeated runs: the median of every figure (for a ratio, the
+    median of the runs' ratios), the runs themselves under ``runs``, and the range of b/c."""
+    summary: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            summary[key] = statistics.median(run[key] for run in runs)
+        else:
+            summary[key] = value
+    summary["repeat"] = len(runs)
+    summary["b_over_c_range"] = [min(r["b_over_c"] for r in runs), max(r["b_over_c"] for r in runs)]
+    summary["runs"] = runs
+    return summary
 
 
 def section_throughput(
@@ -662,19 +681,22 @@ def report(results: dict[str, Any]) -> str:
             "",
             "1. Throughput, readings/s (window 64, stride 1)",
             f"{'channels':>8} {'a: bare':>10} {'b: daemon':>10} {'c: naive':>10} "
-            f"{'d: model':>10} {'b/a':>6} {'b/c':>6} {'b/a ceiling':>12}",
+            f"{'d: model':>10} {'b/a':>6} {'b/c':>6} {'b/c of runs':>12} {'b/a ceiling':>12}",
         ]
         for ch, r in tp.items():
+            low, high = r["b_over_c_range"]
             lines.append(
                 f"{ch:>8} {_fmt(r['a_bare_consumer_readings_per_s']):>10} "
                 f"{_fmt(r['b_daemon_readings_per_s']):>10} "
                 f"{_fmt(r['c_naive_readings_per_s']):>10} "
                 f"{_fmt(r['d_model_windows_per_s']):>10} {r['b_over_a']:6.2f} "
-                f"{r['b_over_c']:6.1f} {r['b_over_a_ceiling']:12.2f}"
+                f"{r['b_over_c']:6.1f} {f'{low:.1f}-{high:.1f}':>12} "
+                f"{r['b_over_a_ceiling']:12.2f}"
             )
+        runs = next(iter(tp.values()))["repeat"]
         lines.append(
-            "   d: windows/s of the model alone; b/a ceiling = d / (a + d), the b/a of a daemon "
-            "whose windows, thresholds and episodes cost nothing"
+            f"   medians of {runs} run(s); d: windows/s of the model alone; b/a ceiling = "
+            "d / (a + d), the b/a of a daemon whose windows, thresholds and episodes cost nothing"
         )
     lat = results.get("latency")
     if lat:
@@ -797,6 +819,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile the daemon in 1b")
     parser.add_argument(
+        "--repeat", type=int, help="throughput runs per channel count, medians (3; quick: 1)"
+    )
+    parser.add_argument(
         "--kind", default="lstm", choices=["lstm", "dense", "conv", "vae"], help="model (lstm)"
     )
     parser.add_argument(
@@ -850,15 +875,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         print(f"broker: {kind} at {bootstrap}", flush=True)
         if "throughput" in sections or ("latency" in sections and args.latency_rate is None):
-            results["throughput"] = {}
-            for ch in channel_counts:
-                print(f"1. throughput, {ch} channel(s)...", flush=True)
-                r = section_throughput(
-                    bootstrap, model(ch), ch, plan, overrides, profile=args.profile
-                )
-                if "profile" in r:
-                    print(r.pop("profile"))
-                results["throughput"][str(ch)] = r
+            repeat = args.repeat or (1 if args.quick else 3)
+            runs: dict[int, list[dict[str, Any]]] = {ch: [] for ch in channel_counts}
+            for number in range(repeat):
+                for ch in channel_counts:
+                    print(f"1. throughput, {ch} channel(s), run {number + 1}...", flush=True)
+                    r = section_throughput(
+                        bootstrap, model(ch), ch, plan, overrides, profile=args.profile
+                    )
+                    if "profile" in r:
+                        print(r.pop("profile"))
+                    runs[ch].append(r)
+            results["throughput"] = {str(ch): median_of_runs(runs[ch]) for ch in channel_counts}
         model_dir = workdir / "model-1ch"
         if "latency" in sections:
             model(1)

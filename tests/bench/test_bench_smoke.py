@@ -1,8 +1,8 @@
 """The daemon benchmark runs end to end and produces every figure.
 
-``bench.bench_daemon --quick`` against the session's broker: small counts, about a minute. Only
-the presence and sanity of each figure is checked (positive, finite); how fast anything is gets
-measured by the benchmark itself, never asserted here.
+``bench.bench_daemon --quick --repeat 2`` against the session's broker: small counts, about a
+minute. Only the presence and sanity of each figure is checked (positive, finite); how fast
+anything is gets measured by the benchmark itself, never asserted here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def _positive(value: Any) -> bool:
 @pytest.fixture(scope="module")
 def results(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "results.json"
-    got = bench_daemon.main(["--quick", "--bootstrap", bootstrap, "--json", str(out)])
+    got = bench_daemon.main(
+        ["--quick", "--repeat", "2", "--bootstrap", bootstrap, "--json", str(out)]
+    )
     assert json.loads(out.read_text())["goals"] == got["goals"]
     return got
 
@@ -48,6 +50,12 @@ def test_throughput_figures_for_one_and_eight_channels(results: dict[str, Any]) 
             assert _positive(figures[name]), (name, figures[name])
         assert figures["b_daemon_windows"] > 0
         assert figures["b_over_a_ceiling"] < 1
+        # Two runs, the figures their medians, the ratio their runs' median and range.
+        runs = figures["runs"]
+        assert figures["repeat"] == len(runs) == 2
+        for name in ("b_daemon_readings_per_s", "c_naive_readings_per_s", "b_over_c"):
+            assert min(r[name] for r in runs) <= figures[name] <= max(r[name] for r in runs)
+        assert figures["b_over_c_range"] == sorted(r["b_over_c"] for r in runs)
 
 
 def test_latency_percentiles(results: dict[str, Any]) -> None:
