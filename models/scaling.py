@@ -44,7 +44,10 @@ class _AffineScaler:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Raw ``(..., channels)`` -> normalised float32, same shape."""
         offset, scale = self._fitted()
-        return ((np.asarray(x, dtype=np.float64) - offset) / scale).astype(np.float32)
+        # In float64 whatever x's dtype, with one temporary (this runs on every scored batch).
+        normalised = np.subtract(x, offset, dtype=np.float64)
+        normalised /= scale
+        return normalised.astype(np.float32)
 
     def inverse_transform(self, x: np.ndarray) -> np.ndarray:
         """Normalised ``(..., channels)`` -> raw float64, same shape."""

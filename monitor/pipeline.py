@@ -362,7 +362,9 @@ def process_together(
     window_scores, channel, step = [], [], []
     for start in range(0, len(flat), chunk):
         part = flat[start : start + chunk]
-        scores = model.score(np.stack([w.values for w in part]).astype(np.float32))
+        # Raw float64: the model normalises in float64, as it did its training data. Rounding
+        # raw values to float32 first would blur a channel far from zero (at 1e8, steps of 8).
+        scores = model.score(np.stack([w.values for w in part]))
         window_scores.append(scores.window)
         channel.append(scores.channel)
         step.append(scores.step)

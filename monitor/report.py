@@ -486,7 +486,8 @@ def _even_indexes(n: int, limit: int) -> np.ndarray:
 
 
 def _stack(decisions: Sequence[WindowDecision]) -> np.ndarray:
-    return np.stack([d.window.values for d in decisions]).astype(np.float32)  # (n, time, ch)
+    # Raw float64, as the Detector scores them (the model normalises in float64).
+    return np.stack([d.window.values for d in decisions])  # (n, time, ch)
 
 
 def _within(moment: datetime, start: datetime | None, end: datetime | None) -> bool:
