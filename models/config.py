@@ -51,9 +51,10 @@ class AutoencoderConfig:
       sparsity_weight      weight of the sparsity penalty in the loss.
       sparsity_target      target mean activation (sigmoid of the code) for the "kl" penalty.
       grad_clip            max gradient norm (0 disables clipping).
-      score_batch_size     windows per forward pass when scoring (chunking bounds memory). 256:
-                           the LSTM (window 64, one torch thread) costs 25 us a window in
-                           chunks of 256-384 against 34 us in chunks of 1024 (cache size).
+      score_batch_size     windows per forward pass when scoring (chunking bounds memory). 512:
+                           the LSTM (window 64, one torch thread, 1 or 8 channels, 16 or 32
+                           hidden units) costs 3-6% less a window than in chunks of 256; with
+                           32 hidden units chunks of 1024 cost 30% more (cache size).
       inference            runtime used by score/reconstruct: "eager" (float32), "int8" (dynamic
                            quantisation of the LSTM and Linear layers) or "auto", the measured
                            choice per variant. bench/bench_models.py found int8 2-3x slower for
@@ -80,7 +81,7 @@ class AutoencoderConfig:
     sparsity_weight: float = 0.0
     sparsity_target: float = 0.05
     grad_clip: float = 1.0
-    score_batch_size: int = 256
+    score_batch_size: int = 512
     inference: str = "auto"
 
     kind: ClassVar[str] = ""
