@@ -115,7 +115,9 @@ class Autoencoder(ABC):
     def encode(self, windows: np.ndarray) -> np.ndarray:
         """Latent codes (n, latent) of raw windows, for projection and visualisation."""
 
-    def attribute(self, windows: np.ndarray, *, iterations: int = 3) -> np.ndarray:
+    def attribute(
+        self, windows: np.ndarray, *, iterations: int = 3, base: Scores | None = None
+    ) -> np.ndarray:
         """Each channel's share of each window's error (n, channels), by reconstruction.
 
         The share of channel c is how much the window's score falls when c alone is replaced
@@ -126,13 +128,20 @@ class Autoencoder(ABC):
         one, so a broken or stuck channel is named rather than its correlated partner. Costs
         ``iterations + 1`` model calls over ``n * channels`` windows; call it for the few
         windows an alarm reports. A window whose score no single repair lowers falls back to
-        its raw per-channel error shares.
+        its raw per-channel error shares. ``base`` is ``score(windows)`` when the caller has
+        it already (the Detector scored these windows), which saves one model call.
         """
         windows = np.asarray(windows, dtype=np.float64)
         n, _, channels = windows.shape
         if n == 0:
             return np.zeros((0, channels))
-        base = self.score(windows)
+        if base is None:
+            base = self.score(windows)
+        elif base.window.shape != (n,) or base.channel.shape != (n, channels):
+            raise ValueError(
+                f"base scores of shape {base.window.shape} / {base.channel.shape} for {n} "
+                f"windows of {channels} channels"
+            )
         repaired = np.repeat(windows, channels, axis=0)  # row i * channels + c repairs c
         column = np.tile(np.arange(channels), n)
         rows = np.arange(len(repaired))

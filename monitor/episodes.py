@@ -28,8 +28,11 @@ attribution, :meth:`models.base.Autoencoder.attribute`), it is the mean attribut
 episode's windows so far: the window that opened it and then one anomalous window in every
 ``update_every``, a sample that bounds the cost (a few model calls per attributed window) while
 an episode lasts, and lets a fault that looks like its correlated partner at first (a stuck
-sensor) be named as the evidence accumulates. Without one it is the raw per-channel error share
-of the episode's peak window (the window with the highest score so far). Shares sum to 1;
+sensor) be named as the evidence accumulates. The function takes many windows at once:
+:meth:`Episodes.push` only notes the windows to attribute, and :meth:`Episodes.settle` attributes
+all those of a batch in one call (an alarm storm costs a few model calls, not a few per entity
+that alarms). Without one it is the raw per-channel error share of the episode's peak window (the
+window with the highest score so far). Shares sum to 1;
 ``top_steps`` are the indexes (0 = the window's first step) of that window's ``top_steps`` largest
 step errors, largest first; ``severity`` comes from the episode's highest ratio score/threshold
 (so an episode only the rhythm marked, whose scores stay below the threshold, is LOW).
@@ -44,8 +47,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -56,7 +59,6 @@ from monitor.records import (
     EpisodeEventKind,
     Severity,
     Signal,
-    Window,
     WindowDecision,
 )
 
@@ -236,6 +238,47 @@ def _float_in(x: float | str) -> float:
     return float(x)
 
 
+Attribute = Callable[[Sequence[WindowDecision]], np.ndarray]
+"""n decisions -> each channel's share of their windows' error, (n, channels)."""
+
+
+class _Deferred(NamedTuple):
+    """An event whose contributions wait for the settle: the mean of ``base`` (the attribution
+    sum before this batch) and the shares of the ``pending`` windows, or ``fallback`` (the peak
+    window's errors) when there is neither."""
+
+    event: AnomalyEvent
+    channels: tuple[str, ...]
+    base: list[float] | None
+    pending: tuple[int, ...]
+    fallback: dict[str, float]
+
+
+def _valid_rows(shares: Any, n: int, channels: int) -> list[np.ndarray | None]:
+    """Each window's shares, or None where they are unusable (wrong shape, not finite)."""
+    array = np.asarray(shares, dtype=np.float64)
+    if array.shape != (n, channels):
+        return [None] * n
+    finite = np.isfinite(array).all(axis=1)
+    return [row if ok else None for row, ok in zip(array, finite.tolist(), strict=True)]
+
+
+def _add_rows(
+    total: list[float] | None, indexes: Iterable[int], rows: list[np.ndarray | None]
+) -> tuple[list[float] | None, int]:
+    """``total`` plus the usable rows at ``indexes``, added in order; and how many there were."""
+    added = 0
+    for index in indexes:
+        row = rows[index]
+        if row is None:
+            continue
+        if total is None:
+            total = [0.0] * len(row)
+        total = [a + float(b) for a, b in zip(total, row, strict=True)]
+        added += 1
+    return total, added
+
+
 @dataclass
 class _EntityEpisodes:
     recent: deque[_Mark | None] = field(default_factory=deque)  # None = a normal window
@@ -253,6 +296,9 @@ class _EntityEpisodes:
     risen: bool = False  # the peak rose since the last event
     last_threshold: float | None = None
     signals: frozenset[Signal] = frozenset()  # what marked the open episode's windows
+    # Indexes into Episodes._awaiting of this episode's windows noted for attribution since the
+    # last settle, after those that ``attribution`` sums. Never in snapshots (settled first).
+    pending: list[int] = field(default_factory=list)
 
     def idle(self) -> bool:
         return (
@@ -321,20 +367,25 @@ def _check_snapshot(config: EpisodeConfig, snapshot: Mapping[str, Any]) -> None:
 class Episodes:
     """Alarm episodes of all entities (see the module docstring for the state machine).
 
-    ``learn_one`` takes each entity's decisions in window order; entities are independent.
-    ``snapshot``/``from_snapshot`` restore the exact state: a restored instance emits exactly
-    the events an uninterrupted one would have.
+    ``learn_one`` takes each entity's decisions in window order and returns their events;
+    entities are independent. ``push`` and ``settle`` do the same for a batch, attributing its
+    windows in one call. ``snapshot``/``from_snapshot`` restore the exact state: a restored
+    instance emits exactly the events an uninterrupted one would have.
+
+    ``attribute`` maps n decisions to each channel's share of their windows' error, shape
+    (n, channels); it is called only for the windows events report. A row of the wrong shape or
+    with a non-finite share is left out of the mean, as if that window had not been attributed.
     """
 
-    def __init__(
-        self,
-        config: EpisodeConfig,
-        attribute: Callable[[Window], np.ndarray] | None = None,
-    ) -> None:
+    def __init__(self, config: EpisodeConfig, attribute: Attribute | None = None) -> None:
         self.config = config
-        # Each channel's share of a window's error; called only for the windows events report.
         self.attribute = attribute
         self._entities: dict[str, _EntityEpisodes] = {}
+        # Since the last settle: the events in order (a _Deferred until its attribution is
+        # known), the decisions whose windows await attribution, the states that noted them.
+        self._queue: list[AnomalyEvent | _Deferred] = []
+        self._awaiting: list[WindowDecision] = []
+        self._noting: list[_EntityEpisodes] = []
 
     def is_open(self, entity: str) -> bool:
         """Whether the entity has an open episode."""
@@ -347,6 +398,15 @@ class Episodes:
 
     def learn_one(self, decision: WindowDecision) -> list[AnomalyEvent]:
         """Advance the decision's entity by one window; return the events it caused (0 or 1)."""
+        self.push(decision)
+        return self.settle()
+
+    def push(self, decision: WindowDecision) -> None:
+        """Advance the decision's entity by one window; its events come out of :meth:`settle`.
+
+        The state moves on at once (``is_open`` tells the next window's truth); only the
+        attribution of the windows events report waits for the settle.
+        """
         config = self.config
         entity = decision.window.entity
         state = self._entities.get(entity)
@@ -361,13 +421,13 @@ class Episodes:
             if not anomalous:
                 # A normal window of an entity with nothing pending leaves it with nothing
                 # pending (the state below would be idle and dropped): the common case, for free.
-                return []
+                return
             state = _EntityEpisodes(recent=deque(maxlen=config.open_within))
             self._entities[entity] = state
         if threshold is not None:
             state.last_threshold = float(threshold)
         mark = self._mark(decision, signals) if anomalous else None
-        events: list[AnomalyEvent] = []
+        events = self._queue
 
         if not state.open:
             state.recent.append(mark)
@@ -386,7 +446,7 @@ class Episodes:
                 state.risen = False
                 state.signals = frozenset().union(*(m.signals for m in marks))
                 state.recent.clear()
-                state.attribution, state.attributed = None, 0
+                state.attribution, state.attributed, state.pending = None, 0, []
                 self._attribute(decision, state)
                 events.append(self._event(EpisodeEventKind.OPENED, decision, state))
         else:
@@ -421,6 +481,7 @@ class Episodes:
                 state.signals = frozenset()
                 state.recent.clear()
                 state.attribution, state.attributed, state.since_attribution = None, 0, 0
+                state.pending = []
                 state.cooldown_left = config.cooldown
             elif state.risen and state.since_event >= config.update_every:
                 events.append(self._event(EpisodeEventKind.UPDATED, decision, state))
@@ -430,6 +491,41 @@ class Episodes:
         if state.idle():
             # Nothing pending: a fresh state behaves the same, so keep no memory of the entity.
             del self._entities[entity]
+
+    def pending(self) -> list[WindowDecision]:
+        """The decisions pushed since the last settle whose windows await attribution."""
+        return list(self._awaiting)
+
+    def settle(self, shares: np.ndarray | None = None) -> list[AnomalyEvent]:
+        """The events of the windows pushed since the last settle, in order, attributed.
+
+        ``shares`` are the attributions of :meth:`pending`'s windows, shape (n, channels), for a
+        caller that attributed the windows of several Episodes in one call; by default this
+        calls ``attribute`` once for all of them.
+        """
+        queue, awaiting, noting = self._queue, self._awaiting, self._noting
+        self._queue, self._awaiting, self._noting = [], [], []
+        if not awaiting:
+            return queue  # type: ignore[return-value]  # nothing deferred: all AnomalyEvents
+        if shares is None:
+            assert self.attribute is not None
+            shares = self.attribute(awaiting)
+        rows = _valid_rows(shares, len(awaiting), len(awaiting[0].window.channels))
+        for state in noting:
+            if state.pending:
+                state.attribution, added = _add_rows(state.attribution, state.pending, rows)
+                state.attributed += added
+                state.pending = []
+        events: list[AnomalyEvent] = []
+        for item in queue:
+            if isinstance(item, _Deferred):
+                total, _ = _add_rows(item.base, item.pending, rows)
+                contributions = (
+                    item.fallback if total is None else self._shares(item.channels, total)
+                )
+                events.append(replace(item.event, contributions=contributions))
+            else:
+                events.append(item)
         return events
 
     def _mark(self, decision: WindowDecision, signals: frozenset[Signal]) -> _Mark:
@@ -445,17 +541,15 @@ class Episodes:
         )
 
     def _attribute(self, decision: WindowDecision, state: _EntityEpisodes) -> None:
-        """Add the decision's window to the episode's mean attribution (if there is a function)."""
+        """Note the decision's window for the episode's mean attribution (if there is a
+        function); the settle attributes it."""
         state.since_attribution = 0
         if self.attribute is None:
             return
-        shares = np.asarray(self.attribute(decision.window), dtype=np.float64).ravel()
-        if shares.shape != (len(decision.window.channels),) or not np.all(np.isfinite(shares)):
-            return
-        if state.attribution is None:
-            state.attribution = [0.0] * len(shares)
-        state.attribution = [a + float(b) for a, b in zip(state.attribution, shares, strict=True)]
-        state.attributed += 1
+        if not state.pending:
+            self._noting.append(state)
+        state.pending.append(len(self._awaiting))
+        self._awaiting.append(decision)
 
     def _contributions(self, decision: WindowDecision) -> dict[str, float]:
         return self._shares(decision.window.channels, decision.channel_errors)
@@ -481,10 +575,10 @@ class Episodes:
 
     def _event(
         self, kind: EpisodeEventKind, decision: WindowDecision, state: _EntityEpisodes
-    ) -> AnomalyEvent:
+    ) -> AnomalyEvent | _Deferred:
         assert state.peak is not None and state.episode_start is not None
         threshold = decision.threshold if decision.threshold is not None else state.last_threshold
-        return AnomalyEvent(
+        event = AnomalyEvent(
             kind=kind,
             entity=decision.window.entity,
             episode_start=state.episode_start,
@@ -503,6 +597,16 @@ class Episodes:
             top_steps=state.peak.top_steps,
             signals=tuple(sorted(state.signals)),
         )
+        if not state.pending:
+            return event
+        # The mean attribution as of this event, once the settle knows the pending windows'.
+        return _Deferred(
+            event,
+            decision.window.channels,
+            None if state.attribution is None else list(state.attribution),
+            tuple(state.pending),
+            dict(event.contributions),
+        )
 
     def forget(self, entities: Iterable[str]) -> None:
         """Drop these entities' state (e.g. their partition was revoked)."""
@@ -510,7 +614,13 @@ class Episodes:
             self._entities.pop(name, None)
 
     def snapshot(self, entities: Iterable[str] | None = None) -> dict[str, Any]:
-        """The state as a JSON-serialisable dict; ``entities`` limits it to those entities."""
+        """The state as a JSON-serialisable dict; ``entities`` limits it to those entities.
+
+        Raises:
+            RuntimeError: windows pushed since the last settle await attribution.
+        """
+        if self._awaiting:
+            raise RuntimeError("Episodes.snapshot with windows awaiting attribution: settle first")
         names = list(self._entities) if entities is None else entities
         return {
             "version": _SNAPSHOT_VERSION,
@@ -535,7 +645,7 @@ class Episodes:
         cls,
         config: EpisodeConfig,
         snapshot: Mapping[str, Any],
-        attribute: Callable[[Window], np.ndarray] | None = None,
+        attribute: Attribute | None = None,
     ) -> Episodes:
         """Rebuild from :meth:`snapshot` output, with the same config.
 

@@ -21,7 +21,13 @@ from monitor.routine import Routine, RoutineConfig
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
 from monitor.windowing import WindowConfig, Windower
 
-__all__ = ["Detector", "DetectorConfig", "DetectorOutput", "process_together"]
+__all__ = [
+    "Detector",
+    "DetectorConfig",
+    "DetectorOutput",
+    "attribute_decisions",
+    "process_together",
+]
 
 SNAPSHOT_FORMAT = 3  # 2 added the rhythm, 3 the routine; older ones restore them fresh
 K = TypeVar("K")
@@ -163,7 +169,6 @@ class Detector:
         rhythm = self.rhythm
         routine = self.routine
         decisions = out.decisions
-        events = out.events
         # One conversion for the batch: the same Python floats as float(scores.window[i]).
         window_scores = scores.window.tolist()
         channel, step = scores.channel, scores.step
@@ -202,15 +207,19 @@ class Detector:
             elif not episodes.is_open(entity):
                 threshold.learn_one(score)
             decisions.append(decision)
-            caused = episodes.learn_one(decision)
-            if caused:
-                events.extend(caused)
+            episodes.push(decision)
 
-    def _attribute(self, window: Window) -> np.ndarray:
-        """Each channel's share of the window's error, by the serving model (see Episodes)."""
-        if len(window.channels) == 1:
-            return np.ones(1)
-        return self.model.attribute(window.values[None])[0]
+    def settle(self, out: DetectorOutput, shares: np.ndarray | None = None) -> None:
+        """Last step of :meth:`process`: the judged windows' events, attributed, into ``out``.
+
+        ``shares`` are the attributions of ``episodes.pending()`` when the caller computed those
+        of several detectors in one call (see :func:`process_together`).
+        """
+        out.events.extend(self.episodes.settle(shares))
+
+    def _attribute(self, decisions: Sequence[WindowDecision]) -> np.ndarray:
+        """Each channel's share of the decisions' windows' error, by the serving model."""
+        return attribute_decisions(self.model, decisions)
 
     def swap_model(self, model: Autoencoder) -> None:
         """Serve a new model from the next window on, keeping every open window.
@@ -340,11 +349,27 @@ class Detector:
         return detector
 
 
+def attribute_decisions(model: Autoencoder, decisions: Sequence[WindowDecision]) -> np.ndarray:
+    """Each channel's share of each decision's window error (n, channels), in one model call
+    (see :meth:`models.base.Autoencoder.attribute`); the decisions' scores are its base."""
+    if len(model.channels) == 1:
+        return np.ones((len(decisions), 1))
+    if not decisions:
+        return np.zeros((0, len(model.channels)))
+    base = Scores(
+        window=np.array([d.score for d in decisions], dtype=np.float64),
+        channel=np.array([d.channel_errors for d in decisions], dtype=np.float64),
+        step=np.array([d.step_errors for d in decisions], dtype=np.float64),
+    )
+    return model.attribute(np.stack([d.window.values for d in decisions]), base=base)
+
+
 def process_together(
     detectors: Mapping[K, Detector], readings: Mapping[K, Sequence[Reading]]
 ) -> dict[K, DetectorOutput]:
     """Run several detectors that share one model (e.g. one per Kafka partition) over their
-    readings, scoring all the windows they complete in as few model calls as possible."""
+    readings, scoring all the windows they complete in as few model calls as possible, and
+    attributing all the windows their events report in one more."""
     outputs: dict[K, DetectorOutput] = {}
     pending: list[tuple[Detector, DetectorOutput, list[Window]]] = []
     for key, detector in detectors.items():
@@ -385,5 +410,13 @@ def process_together(
             ),
             out,
         )
+        offset += n
+    awaiting = [detector.episodes.pending() for detector, _, _ in pending]
+    flat_awaiting = [d for part in awaiting for d in part]
+    shares = attribute_decisions(model, flat_awaiting) if flat_awaiting else None
+    offset = 0
+    for (detector, out, _), part in zip(pending, awaiting, strict=True):
+        n = len(part)
+        detector.settle(out, None if shares is None else shares[offset : offset + n])
         offset += n
     return outputs

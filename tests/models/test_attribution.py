@@ -38,3 +38,18 @@ def test_attribution_of_no_windows_and_of_a_perfect_window() -> None:
     assert model.attribute(np.zeros((0, 4, 2))).shape == (0, 2)
     shares = model.attribute(np.zeros((1, 4, 2)))
     assert shares.shape == (1, 2) and np.isclose(shares.sum(), 1.0)
+
+
+def test_the_callers_base_scores_save_a_call_and_change_nothing(coupled, monkeypatch) -> None:
+    model, data = coupled
+    windows = np.stack([data[i : i + 20] for i in range(2000, 2400, 40)]).copy()
+    windows[:, :, 1] += 0.5
+    expected = model.attribute(windows)
+    base = model.score(windows)
+    calls = []
+    score = model.score
+    monkeypatch.setattr(model, "score", lambda w: calls.append(len(w)) or score(w))
+    np.testing.assert_array_equal(model.attribute(windows, base=base), expected)
+    assert calls == [len(windows) * 3]  # only the repaired windows are scored
+    with pytest.raises(ValueError, match="base scores"):
+        model.attribute(windows[:3], base=base)

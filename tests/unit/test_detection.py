@@ -9,6 +9,8 @@ seeds it named the faulty channel in every case but one stuck sensor (named "vib
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,11 +18,12 @@ import torch
 
 import models
 from monitor.generator import InjectedAnomaly, MachineSpec, generate_machine
-from monitor.pipeline import Detector, DetectorConfig
+from monitor.pipeline import Detector, DetectorConfig, process_together
 from monitor.records import EpisodeEventKind, Reading
 
 STEPS = 4000
 TRAIN = 2000
+CONFIG = DetectorConfig.from_dicts(threshold={"spot_q": 1e-3})
 FAULTS = [
     InjectedAnomaly("slow_drift", "temperature", 2300, 300, 8.0),
     InjectedAnomaly("spike", "vibration", 2750, 3, 12.0),
@@ -30,18 +33,24 @@ FAULTS = [
 
 
 @pytest.fixture(scope="module")
-def run() -> tuple[pd.DataFrame, list]:
+def machine() -> tuple[pd.DataFrame, models.Autoencoder, list[Reading]]:
     torch.set_num_threads(1)
     spec = MachineSpec(entity="m1", steps=STEPS, anomalies=tuple(FAULTS))
     frame, _ = generate_machine(spec, seed=4)
     channels = [c for c in frame.columns if c != "timestamp"]
     model = models.build("lstm", channels=tuple(channels), window=32, latent_size=16, epochs=25)
     model.fit(frame[channels].iloc[:TRAIN].reset_index(drop=True), seed=0)
-    detector = Detector(model, DetectorConfig.from_dicts(threshold={"spot_q": 1e-3}))
     readings = [
         Reading("m1", ts.to_pydatetime(), {c: float(row[c]) for c in channels})
         for ts, (_, row) in zip(frame["timestamp"], frame[channels].iterrows(), strict=True)
     ]
+    return frame, model, readings
+
+
+@pytest.fixture(scope="module")
+def run(machine) -> tuple[pd.DataFrame, list]:
+    frame, model, readings = machine
+    detector = Detector(model, CONFIG)
     events = []
     for start in range(0, len(readings), 500):
         events.extend(detector.process(readings[start : start + 500]).events)
@@ -89,3 +98,39 @@ def test_no_episode_opens_on_the_normal_part(run) -> None:
     ]
     assert len(early) <= 1, early
     assert np.isfinite([e.score for e in events]).all()
+
+
+def test_detectors_sharing_a_model_attribute_their_episodes_in_one_call(
+    run, machine, monkeypatch
+) -> None:
+    """Three partitions' detectors, the machine's stream in each under another name: every
+    batch attributes all the windows its events report in one model call, and the events are
+    those of one detector alone (contributions to rounding: the batch differs)."""
+    _, alone = run
+    _, model, readings = machine
+    calls: list[int] = []
+    attribute = model.attribute
+    monkeypatch.setattr(
+        model, "attribute", lambda w, **kw: calls.append(len(w)) or attribute(w, **kw)
+    )
+    names = ("m1", "m2", "m3")
+    detectors = {name: Detector(model, CONFIG) for name in names}
+    events: dict[str, list] = {name: [] for name in names}
+    batches = 0
+    for start in range(0, len(readings), 500):
+        part = readings[start : start + 500]
+        outputs = process_together(
+            detectors, {name: [replace(r, entity=name) for r in part] for name in names}
+        )
+        batches += 1
+        for name in names:
+            events[name].extend(outputs[name].events)
+    assert 0 < len(calls) <= batches
+    # Each call held the windows of all three: an equal number from each.
+    assert all(n % 3 == 0 for n in calls)
+    for name in names:
+        got = events[name]
+        assert [(e.kind, e.window_end) for e in got] == [(e.kind, e.window_end) for e in alone]
+        for mine, theirs in zip(got, alone, strict=True):
+            assert mine.entity == name
+            assert mine.contributions == pytest.approx(theirs.contributions, abs=1e-6)
