@@ -20,7 +20,7 @@ from torch import nn
 from models.artifacts import Artifact, write_artifact
 from models.base import Autoencoder, Scores, TrainReport
 from models.config import AutoencoderConfig, ModelConfigError
-from models.network import Network, activate, elementwise_error
+from models.network import Network, activate, elementwise_error, padded_batches
 from models.scaling import MinMaxScaler, RobustScaler, scaler_from_dict
 from models.series import as_series, sliding_windows
 from models.training import train
@@ -141,8 +141,8 @@ class TorchAutoencoder(Autoencoder):
         runtime = self._runtime_network()
         parts = []
         with torch.inference_mode():
-            for chunk in torch.from_numpy(x).split(self.config.score_batch_size):
-                parts.append(activate(runtime(chunk), self.config.loss).numpy())
+            for batch, n in padded_batches(torch.from_numpy(x), self.config.score_batch_size):
+                parts.append(activate(runtime(batch)[:n], self.config.loss).numpy())
         out = np.concatenate(parts) if parts else np.zeros_like(x)
         assert self.scaler is not None
         return self.scaler.inverse_transform(out)
@@ -165,7 +165,8 @@ class TorchAutoencoder(Autoencoder):
         network.eval()
         with torch.inference_mode():
             parts = [
-                network.encode(c) for c in torch.from_numpy(x).split(self.config.score_batch_size)
+                network.encode(batch)[:n]
+                for batch, n in padded_batches(torch.from_numpy(x), self.config.score_batch_size)
             ]
         if not parts:
             return np.zeros((0, self.config.latent_size), dtype=np.float32)
@@ -277,10 +278,12 @@ class TorchAutoencoder(Autoencoder):
         runtime = self._runtime_network()
         windows, channels, steps = [], [], []
         with torch.inference_mode():
-            for chunk in torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).split(
-                self.config.score_batch_size
+            for batch, n in padded_batches(
+                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                self.config.score_batch_size,
             ):
-                error = elementwise_error(runtime(chunk), chunk, self.config.loss)  # (n, T, C)
+                real = batch[:n]
+                error = elementwise_error(runtime(batch)[:n], real, self.config.loss)  # (n, T, C)
                 windows.append(error.mean(dim=(1, 2)))
                 channels.append(error.mean(dim=1))
                 steps.append(error.mean(dim=2))

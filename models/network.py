@@ -7,11 +7,13 @@ Networks output *pre-activation* reconstructions: the identity for MSE/MAE, logi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Network", "activate", "elementwise_error", "sparsity_penalty"]
+__all__ = ["Network", "activate", "elementwise_error", "padded_batches", "sparsity_penalty"]
 
 
 class Network(nn.Module):
@@ -81,3 +83,23 @@ def sparsity_penalty(z: Tensor, kind: str, target: float) -> Tensor:
         kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
         return kl.sum()
     return z.new_zeros(())
+
+
+def padded_batches(x: Tensor, size: int) -> Iterator[tuple[Tensor, int]]:
+    """``x`` (windows first) in batches of at most ``size`` windows, each padded with zero
+    windows to one of a few batch sizes (powers of two up to 32, then multiples of 32); with
+    the number of real windows at its head.
+
+    Why: oneDNN, torch's CPU backend for LSTMs, convolutions and matrix products, compiles a
+    primitive per input shape and caches it (up to 1,024 of them, never freed below that). A
+    daemon scores batches of every size its polls happen to complete: one primitive per size,
+    ~0.3-0.5 MB each for the LSTM, so its memory crept up by hundreds of MB over hours of
+    traffic. Padded, a model meets at most ~22 shapes, for a few zero windows of work per
+    batch. Each window's result does not depend on the others in its batch.
+    """
+    for batch in x.split(size):
+        n = len(batch)
+        padded = min(size, 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32)
+        if padded > n:
+            batch = torch.cat([batch, batch.new_zeros((padded - n, *batch.shape[1:]))])
+        yield batch, n

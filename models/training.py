@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from models.base import TrainReport
 from models.config import AutoencoderConfig
-from models.network import Network, elementwise_error, sparsity_penalty
+from models.network import Network, elementwise_error, padded_batches, sparsity_penalty
 
 __all__ = ["corrupt", "evenly_spaced", "split_windows", "train"]
 
@@ -150,7 +150,7 @@ def _window_errors(network: Network, x: Tensor, config: AutoencoderConfig) -> np
     network.eval()
     out = []
     with torch.inference_mode():
-        for chunk in x.split(config.score_batch_size):
-            error = elementwise_error(network(chunk), chunk, config.loss)  # (chunk, time, ch)
+        for batch, n in padded_batches(x, config.score_batch_size):
+            error = elementwise_error(network(batch)[:n], batch[:n], config.loss)  # (n, time, ch)
             out.append(error.mean(dim=(1, 2)))
     return torch.cat(out).numpy()
