@@ -282,8 +282,9 @@ class TorchAutoencoder(Autoencoder):
                 torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 self.config.score_batch_size,
             ):
-                real = batch[:n]
-                error = elementwise_error(runtime(batch)[:n], real, self.config.loss)  # (n, T, C)
+                error = elementwise_error(
+                    runtime(batch)[:n], batch[:n], self.config.loss
+                )  # (n, T, C)
                 windows.append(error.mean(dim=(1, 2)))
                 channels.append(error.mean(dim=1))
                 steps.append(error.mean(dim=2))

@@ -244,14 +244,13 @@ Attribute = Callable[[Sequence[WindowDecision]], np.ndarray]
 
 class _Deferred(NamedTuple):
     """An event whose contributions wait for the settle: the mean of ``base`` (the attribution
-    sum before this batch) and the shares of the ``pending`` windows, or ``fallback`` (the peak
-    window's errors) when there is neither."""
+    sum before this batch) and the shares of the ``pending`` windows; when there is neither, the
+    event's own (the peak window's errors) stand."""
 
     event: AnomalyEvent
     channels: tuple[str, ...]
     base: list[float] | None
     pending: tuple[int, ...]
-    fallback: dict[str, float]
 
 
 def _valid_rows(shares: Any, n: int, channels: int) -> list[np.ndarray | None]:
@@ -520,10 +519,11 @@ class Episodes:
         for item in queue:
             if isinstance(item, _Deferred):
                 total, _ = _add_rows(item.base, item.pending, rows)
-                contributions = (
-                    item.fallback if total is None else self._shares(item.channels, total)
-                )
-                events.append(replace(item.event, contributions=contributions))
+                if total is None:
+                    events.append(item.event)
+                else:
+                    contributions = self._shares(item.channels, total)
+                    events.append(replace(item.event, contributions=contributions))
             else:
                 events.append(item)
         return events
@@ -605,7 +605,6 @@ class Episodes:
             decision.window.channels,
             None if state.attribution is None else list(state.attribution),
             tuple(state.pending),
-            dict(event.contributions),
         )
 
     def forget(self, entities: Iterable[str]) -> None:
