@@ -34,6 +34,10 @@ class Scores:
     channel: np.ndarray  # (n, channels)
     step: np.ndarray  # (n, time)
 
+    def rows(self, start: int, stop: int) -> Scores:
+        """The scores of windows ``start`` to ``stop`` (views, not copies)."""
+        return Scores(self.window[start:stop], self.channel[start:stop], self.step[start:stop])
+
 
 @dataclass(slots=True)
 class TrainReport:

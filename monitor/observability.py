@@ -207,7 +207,7 @@ class Metrics:
         )
         self.scoring_seconds = Histogram(
             "monitor_scoring_seconds",
-            "Wall time spent scoring one batch's windows.",
+            "Wall time of one batch's detection: decoding, windowing, scoring and judging.",
             buckets=_SCORING_BUCKETS_S,
             registry=r,
         )
@@ -261,7 +261,8 @@ class Metrics:
             events: events published, by kind (``opened``/``updated``/``closed``).
             dead_letters: dead letters published, by reason code.
             batch_seconds: wall time of the whole batch, in seconds.
-            scoring_seconds: wall time of scoring, in seconds.
+            scoring_seconds: wall time of the batch's detection (decoding, windowing, scoring,
+                judging), in seconds.
             late: late readings; by default the ``late`` dead letters (late beyond grace).
             routine: windows above their threshold judged routine (not alarmed).
 

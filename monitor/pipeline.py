@@ -6,7 +6,9 @@ and what is done with its output differ.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
@@ -26,6 +28,7 @@ __all__ = [
     "DetectorConfig",
     "DetectorOutput",
     "attribute_decisions",
+    "process_in_stages",
     "process_together",
 ]
 
@@ -150,11 +153,17 @@ class Detector:
         """Feed readings in arrival order; return the events, decisions and refusals."""
         return process_together({None: self}, {None: readings})[None]
 
-    def collect(self, readings: Sequence[Reading], out: DetectorOutput) -> list[Window]:
-        """First half of :meth:`process`: window the readings, return the completed windows."""
+    def collect(
+        self, readings: Sequence[Reading], out: DetectorOutput, *, first: int = 0
+    ) -> list[Window]:
+        """First half of :meth:`process`: window the readings, return the completed windows.
+
+        ``first`` is the index of ``readings[0]`` among the readings ``out`` reports on (its
+        ``rejected`` indices count from there).
+        """
         windows, refused = self.windower.learn_many(readings)
         out.accepted += len(readings) - len(refused)
-        out.rejected.extend((index, admission.value) for index, admission in refused)
+        out.rejected.extend((first + index, admission.value) for index, admission in refused)
         return windows
 
     def judge(self, windows: Sequence[Window], scores: Scores, out: DetectorOutput) -> None:
@@ -370,53 +379,116 @@ def process_together(
     """Run several detectors that share one model (e.g. one per Kafka partition) over their
     readings, scoring all the windows they complete in as few model calls as possible, and
     attributing all the windows their events report in one more."""
-    outputs: dict[K, DetectorOutput] = {}
-    pending: list[tuple[Detector, DetectorOutput, list[Window]]] = []
-    for key, detector in detectors.items():
-        out = outputs[key] = DetectorOutput()
-        windows = detector.collect(readings.get(key, ()), out)
-        if windows:
-            pending.append((detector, out, windows))
-    if not pending:
+    return process_in_stages(detectors, ((key, readings.get(key, ())) for key in detectors))
+
+
+def process_in_stages(
+    detectors: Mapping[K, Detector],
+    stages: Iterable[tuple[K, Sequence[Reading]]],
+    *,
+    scorer: Executor | None = None,
+) -> dict[K, DetectorOutput]:
+    """:func:`process_together` over readings that come in stages: (key, readings) pieces,
+    each key's pieces in order, taken one at a time.
+
+    Without ``scorer``, every stage is windowed first and all the windows scored together. With
+    one (an executor with a single thread), each stage's windows are scored on it while this
+    thread takes and windows the next stage and judges the previous one: the model computes
+    without holding the GIL, so a second core works alongside. ``stages`` may be lazy (a
+    generator decoding records as it goes): its work then overlaps the scoring too. The
+    outputs are the same either way; every window is judged, and every episode settled, when
+    this returns. ``rejected`` indices count from the key's first reading over all its stages.
+    """
+    outputs = {key: DetectorOutput() for key in detectors}
+    taken: dict[K, int] = {}
+    # The stages that completed windows, in order, with their scores' future when scoring ahead.
+    stages_windowed: deque[tuple[Detector, DetectorOutput, list[Window], Future[Scores] | None]]
+    stages_windowed = deque()
+    judged: dict[int, tuple[Detector, DetectorOutput]] = {}
+    model: Autoencoder | None = None
+
+    def judge(
+        detector: Detector, out: DetectorOutput, windows: list[Window], scores: Scores
+    ) -> None:
+        detector.judge(windows, scores, out)
+        judged.setdefault(id(detector), (detector, out))
+
+    def judge_oldest() -> None:
+        detector, out, windows, future = stages_windowed.popleft()
+        assert future is not None
+        judge(detector, out, windows, future.result())
+
+    for key, readings in stages:
+        detector, out = detectors[key], outputs[key]
+        first = taken.get(key, 0)
+        taken[key] = first + len(readings)
+        windows = detector.collect(readings, out, first=first)
+        if not windows:
+            continue
+        if model is None:
+            model = detector.model
+        elif detector.model is not model:
+            raise ValueError("process_together needs detectors that share one model")
+        future = None
+        if scorer is not None:
+            stacked = np.stack([w.values for w in windows])
+            future = scorer.submit(
+                _score_stacked, model, stacked, detector.config.max_batch_windows
+            )
+        stages_windowed.append((detector, out, windows, future))
+        if scorer is not None and len(stages_windowed) > 1:
+            judge_oldest()  # while the scorer works on this stage
+    if model is None:
         return outputs
-    model = pending[0][0].model
-    if any(d.model is not model for d, _, _ in pending):
-        raise ValueError("process_together needs detectors that share one model")
-    chunk = min(d.config.max_batch_windows for d, _, _ in pending)
-    flat = [w for _, _, ws in pending for w in ws]
-    window_scores, channel, step = [], [], []
-    for start in range(0, len(flat), chunk):
-        part = flat[start : start + chunk]
-        # Raw float64: the model normalises in float64, as it did its training data. Rounding
-        # raw values to float32 first would blur a channel far from zero (at 1e8, steps of 8).
-        scores = model.score(np.stack([w.values for w in part]))
-        window_scores.append(scores.window)
-        channel.append(scores.channel)
-        step.append(scores.step)
-    all_scores = Scores(
-        window=np.concatenate(window_scores),
-        channel=np.concatenate(channel),
-        step=np.concatenate(step),
-    )
-    offset = 0
-    for detector, out, windows in pending:
-        n = len(windows)
-        detector.judge(
-            windows,
-            Scores(
-                window=all_scores.window[offset : offset + n],
-                channel=all_scores.channel[offset : offset + n],
-                step=all_scores.step[offset : offset + n],
-            ),
-            out,
-        )
-        offset += n
-    awaiting = [detector.episodes.pending() for detector, _, _ in pending]
+    if scorer is not None:
+        while stages_windowed:
+            judge_oldest()
+    else:
+        chunk = min(d.config.max_batch_windows for d, _, _, _ in stages_windowed)
+        flat = [w for _, _, windows, _ in stages_windowed for w in windows]
+        scores = _score_windows(model, flat, chunk)
+        offset = 0
+        for detector, out, windows, _ in stages_windowed:
+            judge(detector, out, windows, scores.rows(offset, offset + len(windows)))
+            offset += len(windows)
+
+    settling = list(judged.values())
+    awaiting = [detector.episodes.pending() for detector, _ in settling]
     flat_awaiting = [d for part in awaiting for d in part]
     shares = attribute_decisions(model, flat_awaiting) if flat_awaiting else None
     offset = 0
-    for (detector, out, _), part in zip(pending, awaiting, strict=True):
-        n = len(part)
-        detector.settle(out, None if shares is None else shares[offset : offset + n])
-        offset += n
+    for (detector, out), part in zip(settling, awaiting, strict=True):
+        detector.settle(out, None if shares is None else shares[offset : offset + len(part)])
+        offset += len(part)
     return outputs
+
+
+def _score_windows(model: Autoencoder, windows: Sequence[Window], chunk: int) -> Scores:
+    """The model's scores of the windows, in calls of at most ``chunk`` windows."""
+    # Raw float64: the model normalises in float64, as it did its training data. Rounding raw
+    # values to float32 first would blur a channel far from zero (at 1e8, steps of 8).
+    return _joined(
+        [
+            model.score(np.stack([w.values for w in windows[start : start + chunk]]))
+            for start in range(0, len(windows), chunk)
+        ]
+    )
+
+
+def _score_stacked(model: Autoencoder, stacked: np.ndarray, chunk: int) -> Scores:
+    """:func:`_score_windows` of windows already stacked: what the scoring thread runs. The
+    stacking stays on the caller's thread, because it holds the GIL all along (an array per
+    window) and the scoring thread waited for the GIL more than it computed."""
+    return _joined(
+        [model.score(stacked[start : start + chunk]) for start in range(0, len(stacked), chunk)]
+    )
+
+
+def _joined(parts: list[Scores]) -> Scores:
+    if len(parts) == 1:
+        return parts[0]
+    return Scores(
+        window=np.concatenate([p.window for p in parts]),
+        channel=np.concatenate([p.channel for p in parts]),
+        step=np.concatenate([p.step for p in parts]),
+    )

@@ -254,6 +254,12 @@ class ModelSettings(_Section):
         description="torch threads for scoring and retraining (1: several collapse on small "
         "shared machines; bench/)",
     )
+    scoring_thread: bool = Field(
+        True,
+        description="the daemon scores a big batch's windows on a thread of its own, while the "
+        "next readings are decoded and windowed (uses a second core; off when each daemon has "
+        "one core to itself)",
+    )
     window: int = Field(
         16,
         ge=2,

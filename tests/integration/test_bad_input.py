@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import monitor.daemon as daemon_module
 from models.base import Autoencoder
 from monitor.daemon import Daemon
 from monitor.kafka import ensure_topics
@@ -132,6 +134,71 @@ def test_fuzzed_input_is_dead_lettered_and_metrics_agree(
         assert samples[("monitor_dead_letters_total", (("reason", reason),))] == count
     assert samples[("monitor_batch_seconds_count", ())] == stats.batches
     assert samples[("monitor_model_info", (("kind", "lstm"), ("version", tiny_model.version)))] == 1
+
+
+@pytest.mark.parametrize("scoring_thread", [True, False])
+def test_refusals_in_a_big_batch_scored_in_stages_are_dead_lettered_with_their_records(
+    kafka_settings: Settings,
+    tiny_model: Autoencoder,
+    monkeypatch: pytest.MonkeyPatch,
+    scoring_thread: bool,
+) -> None:
+    """A poll of one partition bigger than a stage goes in stages on the scoring thread (unless
+    ``model.scoring_thread`` is off); a reading the windows refuse in a later stage is
+    dead-lettered as itself (its value and its offset), not as another reading of the batch."""
+    kafka_settings = kafka_settings.model_copy(
+        update={"model": kafka_settings.model.model_copy(update={"scoring_thread": scoring_thread})}
+    )
+    ensure_topics(kafka_settings)
+    records = make_fleet(entities=1, steps=3000, spiky=0, seed=4).records()
+    entity = records[0][0]
+    refused: dict[int, tuple[bytes, str]] = {}  # offset -> (value, reason); one partition
+    for position in range(700, 2900, 173):
+        if position % 2:
+            value = json.dumps(
+                {"entity": entity.decode(), "timestamp": (T0 + 3 * STEP).isoformat(), "value": 7.0}
+            ).encode()
+            records.insert(position, (entity, value))
+            refused_reason = "late"
+        else:
+            records.insert(position, records[position - 1])
+            refused_reason = "duplicate"
+        refused[position] = (records[position][1], refused_reason)
+    produce(kafka_settings.bootstrap, kafka_settings.kafka.readings_topic, records)
+
+    stages_per_batch: list[tuple[bool, int]] = []  # (on the scoring thread, stages)
+    switch_intervals: set[float] = set()
+    real = daemon_module.process_in_stages
+
+    def counting(detectors, stages, *, scorer=None):
+        taken = list(stages)
+        stages_per_batch.append((scorer is not None, len(taken)))
+        switch_intervals.add(sys.getswitchinterval())
+        return real(detectors, taken, scorer=scorer)
+
+    monkeypatch.setattr(daemon_module, "process_in_stages", counting)
+    before = sys.getswitchinterval()
+    stats = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
+    assert stats.readings_in == len(records)
+    assert stats.readings_accepted == len(records) - len(refused)
+    if scoring_thread:
+        # One partition's batch did go in stages, with the shorter switch interval, restored.
+        assert max(n for threaded, n in stages_per_batch if threaded) > 1
+        assert [pytest.approx(daemon_module.SWITCH_INTERVAL_S)] == list(switch_intervals)
+    else:
+        assert not any(threaded for threaded, _ in stages_per_batch)
+        assert switch_intervals == {before}
+    assert sys.getswitchinterval() == before
+
+    dead = read_topic(
+        kafka_settings.bootstrap, kafka_settings.kafka.dead_letter_topic, expected=len(refused)
+    )
+    got = {}
+    for record in dead:
+        headers = dict(record.headers)
+        offset = int(headers["monitor.source"].decode().rsplit("/", 1)[1])
+        got[offset] = (record.value, headers["monitor.reason"].decode())
+    assert got == refused
 
 
 def test_late_readings_beyond_grace_are_dead_lettered_as_late(
