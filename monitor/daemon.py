@@ -59,14 +59,15 @@ log = logging.getLogger(__name__)
 # Readings per stage of a batch scored on the scoring thread (``model.scoring_thread``): about
 # one forward pass of windows at stride 1, so a poll of 2,000 readings goes in 4 stages. The
 # first stage's decoding and the last one's scoring overlap nothing, so bigger stages overlap
-# less; smaller ones hand over more often. 256 and 1,000 measured no better (bench_daemon).
+# less; smaller ones hand over more often. 256 and 1,000 measured no better (an in-process
+# daemon on the bench's 8-channel stream).
 STAGE_READINGS = 512
 
 # The interpreter's switch interval while the scoring thread runs. The scoring thread needs the
 # GIL back after each torch operation, and with CPython's 5 ms default it waited up to that long
 # each time while the loop ran Python: it scored slower than the loop windowed, and one channel
-# gained nothing. At 0.2 ms: +20% readings/s on one channel, +15% on eight (bench_daemon, 2
-# cores); 0.1 and 0.05 ms no better.
+# gained nothing. At 0.2 ms: +20% readings/s on one channel, +15% on eight (an in-process daemon
+# on the bench's streams, 2 cores, thread on vs off); 0.1 and 0.05 ms no better.
 SWITCH_INTERVAL_S = 0.0002
 
 # Allocations (net) between two collections of the youngest generation; CPython's default is 700.
