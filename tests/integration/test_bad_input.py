@@ -166,15 +166,21 @@ def test_refusals_in_a_big_batch_scored_in_stages_are_dead_lettered_with_their_r
         refused[position] = (records[position][1], refused_reason)
     produce(kafka_settings.bootstrap, kafka_settings.kafka.readings_topic, records)
 
-    stages_per_batch: list[tuple[bool, int]] = []  # (on the scoring thread, stages)
+    stages_per_batch: list[list] = []  # [on the scoring thread, stages]
     switch_intervals: set[float] = set()
     real = daemon_module.process_in_stages
 
     def counting(detectors, stages, *, scorer=None):
-        taken = list(stages)
-        stages_per_batch.append((scorer is not None, len(taken)))
+        seen = [scorer is not None, 0]
+        stages_per_batch.append(seen)
         switch_intervals.add(sys.getswitchinterval())
-        return real(detectors, taken, scorer=scorer)
+
+        def passed_on():  # lazily, as the daemon's own stages are taken
+            for stage in stages:
+                seen[1] += 1
+                yield stage
+
+        return real(detectors, passed_on(), scorer=scorer)
 
     monkeypatch.setattr(daemon_module, "process_in_stages", counting)
     before = sys.getswitchinterval()
