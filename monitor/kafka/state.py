@@ -35,7 +35,7 @@ from monitor.kafka.clients import consumer_config
 from monitor.kafka.topics import ensure_compacted_topic
 from monitor.settings import Settings
 
-__all__ = ["PartitionState", "StateStore", "key_digest"]
+__all__ = ["PartitionState", "StateStore", "ensure_state_topic", "key_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def key_digest(key: bytes | None) -> str:
     return hashlib.sha256(key or b"").hexdigest()[:16]
 
 
+def ensure_state_topic(settings: Settings) -> None:
+    """Create the compacted state topic (one partition, snapshots up to MAX_STATE_BYTES)."""
+    ensure_compacted_topic(settings, settings.kafka.state_topic, max_message_bytes=MAX_STATE_BYTES)
+
+
 class StateStore:
     """Writes and reads partition snapshots on ``settings.kafka.state_topic``.
 
@@ -112,7 +117,7 @@ class StateStore:
 
     def ensure_topic(self) -> None:
         """Create the compacted state topic if it is missing."""
-        ensure_compacted_topic(self.settings, self.topic, max_message_bytes=MAX_STATE_BYTES)
+        ensure_state_topic(self.settings)
 
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one."""

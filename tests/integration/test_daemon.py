@@ -9,6 +9,7 @@ from datetime import datetime
 import jsonschema
 import numpy as np
 import pytest
+from kafka.producer.record_accumulator import RecordAccumulator
 
 from models.base import Autoencoder
 from monitor.daemon import Daemon
@@ -94,6 +95,52 @@ def test_daemon_scores_dead_letters_and_commits(
     # Offsets were committed: the same group, restarted, has nothing left to read.
     again = Daemon(kafka_settings, tiny_model, idle_stop_s=2.0).run()
     assert again.readings_in == 0
+
+
+def test_the_producer_keeps_sight_of_every_topic_it_writes(
+    kafka_settings: Settings, tiny_model: Autoencoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh deployment (no state topic yet) that publishes events, dead letters and snapshots:
+    the producer's I/O thread never finds a partition it holds records for without a known
+    leader. When it does, it asks for metadata and wakes up again at once, in a loop that holds
+    the GIL (thousands of rounds a second) until that topic is sent to again."""
+    rounds_without_leader = 0  # counted by a spy on kafka-python's own producer, not a mock
+    ready = RecordAccumulator.ready
+
+    def counting_ready(
+        self: RecordAccumulator, cluster: object, now: float | None = None
+    ) -> tuple[set[int], float, bool]:
+        nonlocal rounds_without_leader
+        result = ready(self, cluster, now)
+        rounds_without_leader += result[2]
+        return result
+
+    monkeypatch.setattr(RecordAccumulator, "ready", counting_ready)
+    ensure_topics(kafka_settings)
+    values = sine(1200, seed=2)
+    values[400:406] += 12.0
+    values[1000:1006] += 12.0
+    readings = _readings(values, "e1")
+    topic = kafka_settings.kafka.readings_topic
+    produce(kafka_settings.bootstrap, topic, readings[:600] + BAD)
+    daemon: Daemon
+
+    def more_after_the_first_snapshot() -> None:
+        nonlocal more
+        if more and daemon.stats.checkpoints:
+            produce(kafka_settings.bootstrap, topic, more)
+            more = []
+
+    more = readings[600:]
+    daemon = Daemon(
+        kafka_settings, tiny_model, idle_stop_s=3.0, heartbeat=more_after_the_first_snapshot
+    )
+    stats = daemon.run()
+
+    assert stats.readings_accepted == len(readings) and stats.checkpoints >= 2
+    assert stats.events_out > 0 and sum(stats.dead_letters.values()) == len(BAD)
+    # A few rounds may wait for a leader while a new topic is created; a spin makes thousands.
+    assert rounds_without_leader < 20, rounds_without_leader
 
 
 def test_an_off_rhythm_morning_is_published_with_its_signal(
