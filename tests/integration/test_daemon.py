@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -107,13 +108,11 @@ def test_the_producer_keeps_sight_of_every_topic_it_writes(
     rounds_without_leader = 0  # counted by a spy on kafka-python's own producer, not a mock
     ready = RecordAccumulator.ready
 
-    def counting_ready(
-        self: RecordAccumulator, cluster: object, now: float | None = None
-    ) -> tuple[set[int], float, bool]:
+    def counting_ready(self: RecordAccumulator, *args: Any, **kwargs: Any) -> Any:
         nonlocal rounds_without_leader
-        result = ready(self, cluster, now)
-        rounds_without_leader += result[2]
-        return result
+        ready_nodes, next_check, unknown_leaders_exist = ready(self, *args, **kwargs)
+        rounds_without_leader += unknown_leaders_exist
+        return ready_nodes, next_check, unknown_leaders_exist
 
     monkeypatch.setattr(RecordAccumulator, "ready", counting_ready)
     ensure_topics(kafka_settings)
