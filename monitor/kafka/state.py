@@ -134,10 +134,10 @@ class StateStore:
             future.get(timeout=0)
 
     def read(
-        self, topic: str, partitions: Iterable[int], quiet_s: float = 0.5
+        self, topic: str, partitions: Iterable[int], timeout_s: float = 30.0
     ) -> dict[int, PartitionState]:
         """The latest snapshot of each of the given readings partitions, where there is one."""
-        latest = self._read_all(quiet_s)
+        latest = self._read_all(timeout_s)
         found: dict[int, PartitionState] = {}
         for partition in partitions:
             value = latest.get(self.key(topic, partition))
@@ -149,7 +149,12 @@ class StateStore:
                 log.warning("ignoring unreadable snapshot of %s/%s: %s", topic, partition, exc)
         return found
 
-    def _read_all(self, quiet_s: float) -> dict[bytes, bytes]:
+    def _read_all(self, timeout_s: float) -> dict[bytes, bytes]:
+        """Every key's latest value, read up to the end offsets the state topic had at the start.
+
+        Reading to the end (not until the topic is quiet for a while) returns as soon as the
+        last snapshot is in, and a slow fetch cannot end the read before it.
+        """
         reader = self._consumer(
             fetch_max_bytes=MAX_STATE_BYTES, max_partition_fetch_bytes=MAX_STATE_BYTES
         )
@@ -160,14 +165,24 @@ class StateStore:
                 return latest
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
             reader.assign(tps)
+            ends = reader.end_offsets(tps)
             reader.seek_to_beginning(*tps)
-            quiet_until = time.monotonic() + quiet_s
-            while time.monotonic() < quiet_until:
+            pending = {tp for tp in tps if reader.position(tp) < ends[tp]}
+            deadline = time.monotonic() + timeout_s
+            while pending:
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "the state topic %s was not read to its end within %.0f s; restoring "
+                        "from the snapshots read so far (older ones replay more readings)",
+                        self.topic,
+                        timeout_s,
+                    )
+                    break
                 for records in reader.poll(timeout_ms=100).values():
                     for record in records:
                         if record.key is not None and record.value is not None:
                             latest[record.key] = record.value
-                    quiet_until = time.monotonic() + quiet_s
+                pending = {tp for tp in pending if reader.position(tp) < ends[tp]}
         finally:
             reader.close()
         return latest
