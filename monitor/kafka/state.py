@@ -167,7 +167,12 @@ class StateStore:
             reader.assign(tps)
             ends = reader.end_offsets(tps)
             reader.seek_to_beginning(*tps)
-            pending = {tp for tp in tps if reader.position(tp) < ends[tp]}
+
+            def behind(tp: TopicPartition) -> bool:
+                position = reader.position(tp, timeout_ms=1000)  # None: not known yet
+                return position is None or position < ends[tp]
+
+            pending = {tp for tp in tps if behind(tp)}
             deadline = time.monotonic() + timeout_s
             while pending:
                 if time.monotonic() > deadline:
@@ -182,7 +187,7 @@ class StateStore:
                     for record in records:
                         if record.key is not None and record.value is not None:
                             latest[record.key] = record.value
-                pending = {tp for tp in pending if reader.position(tp) < ends[tp]}
+                pending = {tp for tp in pending if behind(tp)}
         finally:
             reader.close()
         return latest
