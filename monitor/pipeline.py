@@ -428,7 +428,7 @@ def process_in_stages(
         if model is None:
             model = detector.model
         elif detector.model is not model:
-            raise ValueError("process_together needs detectors that share one model")
+            raise ValueError("detectors scored together must share one model")
         future = None
         if scorer is not None:
             stacked = np.stack([w.values for w in windows])

@@ -115,10 +115,6 @@ class StateStore:
         """The state topic's key of one readings partition's snapshot, for this group."""
         return f"{self.group}/{topic}/{partition}".encode()
 
-    def ensure_topic(self) -> None:
-        """Create the compacted state topic if it is missing."""
-        ensure_state_topic(self.settings)
-
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one."""
         futures = [

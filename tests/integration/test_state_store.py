@@ -11,7 +11,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from monitor.daemon import Daemon
-from monitor.kafka.state import PartitionState, StateStore
+from monitor.kafka.state import PartitionState, StateStore, ensure_state_topic
 from monitor.settings import Settings
 
 
@@ -33,7 +33,7 @@ def test_a_snapshot_larger_than_a_default_request_is_written_and_read_back(
     producer = KafkaProducer(**daemon._producer_config())
     try:
         store = StateStore(kafka_settings, producer)
-        store.ensure_topic()
+        ensure_state_topic(kafka_settings)
         store.write([state])
         back = store.read(kafka_settings.kafka.readings_topic, [0])
     finally:
@@ -53,7 +53,7 @@ def test_groups_sharing_the_state_topic_never_restore_each_others_snapshots(
     producer = KafkaProducer(**daemon._producer_config())
     try:
         mine = StateStore(kafka_settings, producer)
-        mine.ensure_topic()
+        ensure_state_topic(kafka_settings)
         mine.write([state])
         assert mine.read(topic, [0])[0].next_offset == 7
         assert StateStore(other, producer).read(topic, [0]) == {}
@@ -89,7 +89,7 @@ def test_a_slow_broker_does_not_cut_the_read_of_the_snapshots_short(
     producer = KafkaProducer(**daemon._producer_config())
     try:
         store = StateStore(kafka_settings, producer)
-        store.ensure_topic()
+        ensure_state_topic(kafka_settings)
         for offset in (5, 9):
             store.write(
                 [PartitionState(topic, 0, next_offset=offset, model_version="v1", detector={})]
