@@ -40,7 +40,6 @@ from monitor.errors import BrokerError, InvalidReading
 from monitor.formats import decode_reading, event_to_cloudevent
 from monitor.kafka import DeadLetter, Publisher, consumer_config, ensure_topics, producer_config
 from monitor.kafka.state import (
-    MAX_STATE_BYTES,
     PartitionState,
     StateStore,
     ensure_state_topic,
@@ -423,10 +422,9 @@ class Daemon:
         ensure_state_topic(self.settings)
 
     def _producer_config(self) -> dict[str, Any]:
-        # One producer writes events and the state snapshots, which can reach MAX_STATE_BYTES
-        # (thousands of entities per partition): the default 1 MB request limit would refuse
-        # them, and no checkpoint would ever commit.
-        return producer_config(self.settings, max_request_size=MAX_STATE_BYTES)
+        # One producer writes events and the state snapshots; a big snapshot goes in parts of
+        # at most PART_BYTES, so the default 1 MB request limit takes every record.
+        return producer_config(self.settings)
 
     def _replace_producer(self, publisher: Publisher) -> None:
         old = publisher.producer

@@ -6,11 +6,20 @@ the next reading it has not seen; a daemon that takes a partition over restores 
 seeks to that offset, so state and position always agree, even when a daemon died between
 writing a snapshot and committing its offset.
 
-The value is zlib-compressed JSON. The reader never trusts end offsets (the embedded broker
-answers them wrongly): it reads until the topic stays quiet for a moment and keeps the last
-value per key, which is also what compaction would leave. It reads the topic afresh at every
-assignment rather than trusting a cache, so that a broker that lost its topics (the embedded
-broker's memory store after a restart) cannot hand back a snapshot of a topic that is gone.
+A snapshot is zlib-compressed JSON. One that fits in :data:`PART_BYTES` is the value of the
+partition's key. A bigger one (a partition of thousands of entities: ~10 KB compressed per
+one-channel entity, ~40 KB per eight-channel one) is cut into parts under keys of their own,
+written first, and the partition's key then gets a small manifest naming them with their
+checksum: every record stays under a broker's default 1 MB limit, so a snapshot has no size
+limit, and the previous snapshot stays whole until the manifest of the next one is
+acknowledged. The parts it replaced are then deleted with tombstones (compaction drops them),
+and so are parts a failed write left behind, once a later write of that partition succeeds.
+
+The reader reads the whole topic up to the end offsets it had at the start and keeps the last
+value per key, dropping keys whose last record is a tombstone: what compaction would leave. It
+reads the topic afresh at every assignment rather than trusting a cache, so that a broker that
+lost its topics (the embedded broker's memory store after a restart) cannot hand back a snapshot
+of a topic that is gone.
 
 Each snapshot also names the last record it covered (offset, timestamp, key digest);
 :meth:`StateStore.verify` checks that the readings partition still holds that record at that
@@ -23,6 +32,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,13 +45,18 @@ from monitor.kafka.clients import consumer_config
 from monitor.kafka.topics import ensure_compacted_topic
 from monitor.settings import Settings
 
-__all__ = ["PartitionState", "StateStore", "ensure_state_topic", "key_digest"]
+__all__ = ["PART_BYTES", "PartitionState", "StateStore", "ensure_state_topic", "key_digest"]
 
 log = logging.getLogger(__name__)
 
-# Snapshots of many entities are large; compressed JSON of 1k single-channel entities is ~2 MB.
+# The largest record the reader fetches: daemons before PART_BYTES wrote a partition's snapshot
+# whole, up to this size (on a topic made to take it), and those are still read.
 MAX_STATE_BYTES = 32 * 1024 * 1024
+# A snapshot bigger than this is written in parts of at most this size: under the 1 MB a broker
+# (message.max.bytes) and a producer (max.request.size) take by default, with room for the key.
+PART_BYTES = 900 * 1024
 STATE_FORMAT = 1
+MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +108,46 @@ def key_digest(key: bytes | None) -> str:
 
 
 def ensure_state_topic(settings: Settings) -> None:
-    """Create the compacted state topic (one partition, snapshots up to MAX_STATE_BYTES)."""
-    ensure_compacted_topic(settings, settings.kafka.state_topic, max_message_bytes=MAX_STATE_BYTES)
+    """Create the compacted state topic (one partition; the broker's default record size limit
+    is enough, snapshots bigger than PART_BYTES are written in parts)."""
+    ensure_compacted_topic(settings, settings.kafka.state_topic)
+
+
+def _manifest(names: list[bytes], blob: bytes) -> bytes:
+    """The value naming the parts of a snapshot too big for one record, in order."""
+    body = {
+        "manifest": MANIFEST_FORMAT,
+        "parts": [name.decode() for name in names],
+        "bytes": len(blob),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode())
+
+
+def _manifest_body(value: bytes) -> dict[str, Any] | None:
+    """The manifest in ``value``, or None when ``value`` is a whole snapshot."""
+    body = json.loads(zlib.decompress(value))
+    return body if isinstance(body, dict) and "manifest" in body else None
+
+
+def _whole(value: bytes, latest: Mapping[bytes, bytes]) -> bytes:
+    """The encoded snapshot ``value`` stands for: itself, or the parts its manifest names.
+
+    Raises KeyError for a missing part and ValueError for a part that is not the one written.
+    """
+    body = _manifest_body(value)
+    if body is None:
+        return value
+    if body["manifest"] != MANIFEST_FORMAT:
+        raise ValueError(f"unknown manifest format {body['manifest']!r}")
+    names = [name.encode() for name in body["parts"]]
+    missing = [name.decode() for name in names if name not in latest]
+    if missing:
+        raise KeyError(f"{len(missing)} of its {len(names)} parts are missing, e.g. {missing[0]}")
+    blob = b"".join(latest[name] for name in names)
+    if len(blob) != body["bytes"] or hashlib.sha256(blob).hexdigest() != body["sha256"]:
+        raise ValueError("its parts do not add up to the snapshot written (checksum mismatch)")
+    return blob
 
 
 class StateStore:
@@ -102,7 +155,8 @@ class StateStore:
 
     A snapshot's key is ``<group>/<topic>/<partition>``: consumer groups that share the state
     topic (say a production and a test group on one readings topic) never restore each other's
-    snapshots, whose offsets are another group's.
+    snapshots, whose offsets are another group's. The parts of a big snapshot are keyed
+    ``<group>/<topic>/<partition>#<snapshot id>/<index>``.
     """
 
     def __init__(self, settings: Settings, producer: KafkaProducer) -> None:
@@ -110,19 +164,50 @@ class StateStore:
         self.topic = settings.kafka.state_topic
         self.group = settings.kafka.group_id
         self.producer = producer
+        # Per snapshot key: the part keys that may be on the topic (written by this store, or
+        # found there when the partition was read), to delete once a newer snapshot is in.
+        self._parts: dict[bytes, set[bytes]] = {}
 
     def key(self, topic: str, partition: int) -> bytes:
         """The state topic's key of one readings partition's snapshot, for this group."""
         return f"{self.group}/{topic}/{partition}".encode()
 
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
-        """Write snapshots and wait until the broker has acknowledged every one."""
-        futures = [
-            self.producer.send(
-                self.topic, key=self.key(state.topic, state.partition), value=state.encode()
-            )
-            for state in states
+        """Write snapshots and wait until the broker has acknowledged every one.
+
+        Parts first, then the manifests and small snapshots, then tombstones for the parts they
+        replaced: a failure at any step (raised as the producer's ``KafkaError``) leaves the
+        previous snapshot readable.
+        """
+        parts: list[tuple[bytes, bytes | None]] = []
+        heads: list[tuple[bytes, bytes | None]] = []
+        live: dict[bytes, set[bytes]] = {}  # per key: the parts its new snapshot is made of
+        for state in states:
+            key = self.key(state.topic, state.partition)
+            blob = state.encode()
+            live[key] = set()
+            if len(blob) <= PART_BYTES:
+                heads.append((key, blob))
+                continue
+            snapshot_id = uuid.uuid4().hex
+            cut = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)]
+            names = [key + f"#{snapshot_id}/{i}".encode() for i in range(len(cut))]
+            self._parts.setdefault(key, set()).update(names)
+            live[key].update(names)
+            parts.extend(zip(names, cut, strict=True))
+            heads.append((key, _manifest(names, blob)))
+        self._send(parts, timeout_s)
+        self._send(heads, timeout_s)
+        stale = [
+            (name, None)
+            for key, names in live.items()
+            for name in sorted(self._parts.get(key, set()) - names)
         ]
+        self._send(stale, timeout_s)
+        self._parts.update(live)
+
+    def _send(self, records: list[tuple[bytes, bytes | None]], timeout_s: float) -> None:
+        futures = [self.producer.send(self.topic, key=k, value=v) for k, v in records]
         if not futures:
             return
         self.producer.flush(timeout=timeout_s)
@@ -132,15 +217,23 @@ class StateStore:
     def read(
         self, topic: str, partitions: Iterable[int], timeout_s: float = 30.0
     ) -> dict[int, PartitionState]:
-        """The latest snapshot of each of the given readings partitions, where there is one."""
+        """The latest snapshot of each of the given readings partitions, where there is one.
+
+        A snapshot that cannot be read whole (a part missing or altered, an unknown format) is
+        skipped with a warning: the partition then starts afresh at its committed offset.
+        """
         latest = self._read_all(timeout_s)
         found: dict[int, PartitionState] = {}
         for partition in partitions:
-            value = latest.get(self.key(topic, partition))
+            key = self.key(topic, partition)
+            # Parts on the topic now, referenced or left by a failed write: the next snapshot
+            # of this partition written here replaces them all.
+            self._parts[key] = {name for name in latest if name.startswith(key + b"#")}
+            value = latest.get(key)
             if value is None:
                 continue
             try:
-                found[partition] = PartitionState.decode(value)
+                found[partition] = PartitionState.decode(_whole(value, latest))
             except (ValueError, zlib.error, KeyError) as exc:
                 log.warning("ignoring unreadable snapshot of %s/%s: %s", topic, partition, exc)
         return found
@@ -148,6 +241,7 @@ class StateStore:
     def _read_all(self, timeout_s: float) -> dict[bytes, bytes]:
         """Every key's latest value, read up to the end offsets the state topic had at the start.
 
+        A key whose latest record is a tombstone (no value) is left out, as compaction would.
         Reading to the end (not until the topic is quiet for a while) returns as soon as the
         last snapshot is in, and a slow fetch cannot end the read before it.
         """
@@ -181,7 +275,11 @@ class StateStore:
                     break
                 for records in reader.poll(timeout_ms=100).values():
                     for record in records:
-                        if record.key is not None and record.value is not None:
+                        if record.key is None:
+                            continue
+                        if record.value is None:
+                            latest.pop(record.key, None)
+                        else:
                             latest[record.key] = record.value
                 pending = {tp for tp in pending if behind(tp)}
         finally:

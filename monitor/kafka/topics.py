@@ -48,17 +48,13 @@ def ensure_topics(settings: Settings, topics: Iterable[str] | None = None) -> li
         admin.close()
 
 
-def ensure_compacted_topic(
-    settings: Settings, topic: str, *, max_message_bytes: int | None = None
-) -> bool:
+def ensure_compacted_topic(settings: Settings, topic: str) -> bool:
     """Create ``topic`` with one partition and cleanup.policy=compact if missing; True if made.
 
     For topics that hold the latest value per key (detector snapshots, model announcements);
     one partition keeps every record in one total order.
     """
     configs = {"cleanup.policy": "compact"}
-    if max_message_bytes is not None:
-        configs["max.message.bytes"] = str(max_message_bytes)
     try:
         admin = KafkaAdminClient(**admin_config(settings))
     except KafkaError as exc:
