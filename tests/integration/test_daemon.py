@@ -15,7 +15,7 @@ from kafka.producer.record_accumulator import RecordAccumulator
 from models.base import Autoencoder
 from monitor.daemon import Daemon
 from monitor.formats import encode_reading
-from monitor.kafka import ensure_topics
+from monitor.kafka import ensure_topics, state
 from monitor.observability import Metrics
 from monitor.pipeline import DetectorConfig
 from monitor.records import Reading, WindowDecision
@@ -257,3 +257,28 @@ def test_a_restart_with_changed_detector_settings_carries_on(
     assert any(
         "thresholds" in r.getMessage() and "afresh" in r.getMessage() for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+def test_a_daemon_resumes_from_a_snapshot_written_in_parts(
+    kafka_settings: Settings, tiny_model: Autoencoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With parts of 2 KB, the daemon's own snapshot of a few entities is cut as one of
+    thousands of entities is: a restart restores it and carries every window on."""
+    monkeypatch.setattr(state, "PART_BYTES", 2048)
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    entities = [f"e{i}" for i in range(4)]
+    records = {e: _readings(sine(300, seed=i), e) for i, e in enumerate(entities)}
+    produce(
+        kafka_settings.bootstrap, k.readings_topic, [r for e in entities for r in records[e][:200]]
+    )
+    config = kafka_settings.detector.config()
+    assert Daemon(kafka_settings, tiny_model, config, idle_stop_s=2.0).run().readings_in == 800
+    on_topic = state.StateStore(kafka_settings, producer=None)._read_all(30.0)  # type: ignore[arg-type]
+    assert sum(b"#" in key for key in on_topic) >= 2
+
+    produce(
+        kafka_settings.bootstrap, k.readings_topic, [r for e in entities for r in records[e][200:]]
+    )
+    stats = Daemon(kafka_settings, tiny_model, config, idle_stop_s=2.0).run()
+    assert stats.readings_in == 400 and stats.windows_scored == 400  # no window refilled
