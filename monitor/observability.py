@@ -211,6 +211,12 @@ class Metrics:
             buckets=_SCORING_BUCKETS_S,
             registry=r,
         )
+        self.checkpoint_seconds = Histogram(
+            "monitor_checkpoint_seconds",
+            "Wall time of one periodic checkpoint: snapshot every entity, write, commit.",
+            buckets=_BATCH_BUCKETS_S,
+            registry=r,
+        )
         self.threshold = _ReplacedGauge(
             "monitor_threshold",
             "Summary of the per-entity adaptive thresholds of a model version.",

@@ -210,7 +210,8 @@ class KafkaSettings(_Section):
         gt=0,
         le=3600,
         description="state snapshot + offset commit this often; bounds the duplicates after "
-        "a crash",
+        "a crash. Stretched while a checkpoint would take over a tenth of the loop's time "
+        "(thousands of entities per daemon): see `monitor_checkpoint_seconds`",
     )
     connect_timeout_s: float = Field(
         60.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -282,3 +283,41 @@ def test_a_daemon_resumes_from_a_snapshot_written_in_parts(
     )
     stats = Daemon(kafka_settings, tiny_model, config, idle_stop_s=2.0).run()
     assert stats.readings_in == 400 and stats.windows_scored == 400  # no window refilled
+
+
+def test_slow_checkpoints_are_spaced_to_a_tenth_of_the_loop(
+    kafka_settings: Settings,
+    tiny_model: Autoencoder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Checkpoints that take 0.3 s (as ~600 entities' do) at an interval of 0.2 s would fill
+    the loop; the daemon spaces them to ten times their duration, says so, and counts them in
+    ``monitor_checkpoint_seconds``."""
+    settings = kafka_settings.model_copy(
+        update={"kafka": kafka_settings.kafka.model_copy(update={"commit_interval_s": 0.2})}
+    )
+    ensure_topics(settings)
+    produce(settings.bootstrap, settings.kafka.readings_topic, _readings(sine(200, seed=1), "e1"))
+    checkpoint, report = Daemon._checkpoint, Daemon._report_thresholds
+    periodic: list[float] = []  # when each periodic checkpoint ended (it reports thresholds)
+
+    def slow_checkpoint(self: Daemon, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.3)
+        checkpoint(self, *args, **kwargs)
+
+    def reported(self: Daemon) -> None:
+        periodic.append(time.monotonic())
+        report(self)
+
+    monkeypatch.setattr(Daemon, "_report_thresholds", reported)
+    monkeypatch.setattr(Daemon, "_checkpoint", slow_checkpoint)
+    metrics = Metrics()
+    daemon = Daemon(settings, tiny_model, idle_stop_s=7.0, metrics=metrics)
+    with caplog.at_level(logging.WARNING, logger="monitor.daemon"):
+        assert daemon.run().readings_in == 200
+
+    gaps = np.diff(periodic)
+    assert len(periodic) >= 2 and gaps.min() >= 2.9, gaps  # 0.3 s / 0.1, not 0.2 + 0.3 s
+    assert metrics.value("monitor_checkpoint_seconds_count") == len(periodic)
+    assert any("checkpointing every 3 s" in r.getMessage() for r in caplog.records)
