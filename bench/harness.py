@@ -342,6 +342,15 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.1)
 
 
+# Metrics ``DaemonProcess.metrics`` gives as they are, without their ``monitor_`` prefix.
+_PLAIN_METRICS = (
+    "monitor_readings_total",
+    "monitor_windows_scored_total",
+    "monitor_checkpoint_seconds_sum",
+    "monitor_checkpoint_seconds_count",
+)
+
+
 @dataclass
 class DaemonProcess:
     """``monitor run`` as a child process, with its metrics endpoint on a free local port.
@@ -395,9 +404,10 @@ class DaemonProcess:
         return self._get("/readyz")[0] == 200
 
     def metrics(self) -> dict[str, float]:
-        """The daemon's metrics: readings, windows, events, and the consumer lag summed over
-        the partitions it reports (``lag`` and ``lag_partitions``, absent until the first
-        report; the daemon reports lag at each checkpoint)."""
+        """The daemon's metrics: readings, windows, events, periodic checkpoints (their count and
+        total seconds), and the consumer lag summed over the partitions it reports (``lag`` and
+        ``lag_partitions``, absent until the first report; the daemon reports lag at each
+        checkpoint)."""
         status, text = self._get("/metrics")
         if status != 200:
             return {}
@@ -408,7 +418,7 @@ class DaemonProcess:
                 if sample.name == "monitor_consumer_lag":
                     lag = (lag or 0.0) + sample.value
                     out["lag_partitions"] = out.get("lag_partitions", 0.0) + 1
-                elif sample.name in ("monitor_readings_total", "monitor_windows_scored_total"):
+                elif sample.name in _PLAIN_METRICS:
                     out[sample.name.removeprefix("monitor_")] = sample.value
                 elif sample.name == "monitor_events_total":
                     out["events_total"] = out.get("events_total", 0.0) + sample.value

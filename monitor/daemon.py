@@ -479,7 +479,9 @@ class Daemon:
         self._last_checkpoint = time.monotonic()
         if not tps or self._state is None or self._consumer is None:
             return
-        states = [
+        # One partition's snapshot at a time: write() encodes each before the next is taken,
+        # so a checkpoint holds one partition's state as Python objects, not all of them.
+        states = (
             PartitionState(
                 topic=tp.topic,
                 partition=tp.partition,
@@ -490,7 +492,7 @@ class Daemon:
                 last_key_digest=self._last_record.get(tp, (None, None))[1],
             )
             for tp in tps
-        ]
+        )
         try:
             self._state.write(states)
             # The commit carries the same fingerprint as the snapshot, so that a commit that

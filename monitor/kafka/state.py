@@ -175,6 +175,9 @@ class StateStore:
     def write(self, states: Iterable[PartitionState], timeout_s: float = 30.0) -> None:
         """Write snapshots and wait until the broker has acknowledged every one.
 
+        ``states`` is read once, each encoded before the next is taken: a generator keeps one
+        partition's state alive at a time.
+
         Parts first, then the manifests and small snapshots, then tombstones for the parts they
         replaced: a failure at any step (raised as the producer's ``KafkaError``) leaves the
         previous snapshot readable.
