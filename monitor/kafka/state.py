@@ -56,7 +56,8 @@ MAX_STATE_BYTES = 32 * 1024 * 1024
 # (message.max.bytes) and a producer (max.request.size) take by default, with room for the key.
 PART_BYTES = 900 * 1024
 STATE_FORMAT = 1
-MANIFEST_FORMAT = 1
+# A manifest's value starts with this (a whole snapshot, zlib data, never does), then JSON.
+MANIFEST_PREFIX = b"sensor-monitor snapshot parts 1\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +117,11 @@ def ensure_state_topic(settings: Settings) -> None:
 def _manifest(names: list[bytes], blob: bytes) -> bytes:
     """The value naming the parts of a snapshot too big for one record, in order."""
     body = {
-        "manifest": MANIFEST_FORMAT,
         "parts": [name.decode() for name in names],
         "bytes": len(blob),
         "sha256": hashlib.sha256(blob).hexdigest(),
     }
-    return zlib.compress(json.dumps(body, separators=(",", ":")).encode())
-
-
-def _manifest_body(value: bytes) -> dict[str, Any] | None:
-    """The manifest in ``value``, or None when ``value`` is a whole snapshot."""
-    body = json.loads(zlib.decompress(value))
-    return body if isinstance(body, dict) and "manifest" in body else None
+    return MANIFEST_PREFIX + json.dumps(body, separators=(",", ":")).encode()
 
 
 def _whole(value: bytes, latest: Mapping[bytes, bytes]) -> bytes:
@@ -135,11 +129,9 @@ def _whole(value: bytes, latest: Mapping[bytes, bytes]) -> bytes:
 
     Raises KeyError for a missing part and ValueError for a part that is not the one written.
     """
-    body = _manifest_body(value)
-    if body is None:
+    if not value.startswith(MANIFEST_PREFIX):
         return value
-    if body["manifest"] != MANIFEST_FORMAT:
-        raise ValueError(f"unknown manifest format {body['manifest']!r}")
+    body = json.loads(value[len(MANIFEST_PREFIX) :])
     names = [name.encode() for name in body["parts"]]
     missing = [name.decode() for name in names if name not in latest]
     if missing:
