@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,8 +30,24 @@ def _on_topic(settings: Settings) -> dict[bytes, bytes]:
     return StateStore(settings, producer=None)._read_all(timeout_s=30.0)  # type: ignore[arg-type]
 
 
+def _parts(settings: Settings) -> set[bytes]:
+    """The keys of snapshot parts left on the state topic."""
+    return {key for key in _on_topic(settings) if b"#" in key}
+
+
+@pytest.fixture
+def store(kafka_settings: Settings) -> Iterator[StateStore]:
+    """A state store on a fresh state topic, writing with a producer of Kafka's defaults."""
+    producer = KafkaProducer(**producer_config(kafka_settings))  # max_request_size: 1 MB
+    ensure_state_topic(kafka_settings)
+    try:
+        yield StateStore(kafka_settings, producer)
+    finally:
+        producer.close()
+
+
 def test_a_snapshot_bigger_than_a_record_is_written_in_parts_by_a_default_producer(
-    kafka_settings: Settings,
+    kafka_settings: Settings, store: StateStore
 ) -> None:
     """A 3 MB snapshot (a partition of ~300 one-channel entities at ~10 KB each) goes through a
     producer with Kafka's default 1 MB request limit, in parts no record of which exceeds
@@ -38,68 +55,50 @@ def test_a_snapshot_bigger_than_a_record_is_written_in_parts_by_a_default_produc
     topic = kafka_settings.kafka.readings_topic
     state = _noise_state(topic, 42, 3.0)
     assert len(state.encode()) > 3 * PART_BYTES
-    producer = KafkaProducer(**producer_config(kafka_settings))  # max_request_size: 1 MB
-    try:
-        store = StateStore(kafka_settings, producer)
-        ensure_state_topic(kafka_settings)
-        store.write([state])
-        back = store.read(topic, [0])
-    finally:
-        producer.close()
+    store.write([state])
+    back = store.read(topic, [0])
     assert back[0].next_offset == 42 and back[0].detector == state.detector
     records = _on_topic(kafka_settings)
-    parts = [key for key in records if b"#" in key]
-    assert len(parts) == 4 and max(len(value) for value in records.values()) <= PART_BYTES
+    assert len(_parts(kafka_settings)) == 4
+    assert max(len(value) for value in records.values()) <= PART_BYTES
 
 
 def test_a_new_snapshot_deletes_the_parts_of_the_one_it_replaces(
-    kafka_settings: Settings,
+    kafka_settings: Settings, store: StateStore
 ) -> None:
     """Parts are tombstoned once the snapshot that replaces theirs is in, whether the new one is
     in parts or whole, so compaction keeps the topic at one snapshot per partition."""
     topic = kafka_settings.kafka.readings_topic
-    producer = KafkaProducer(**producer_config(kafka_settings))
-    try:
-        store = StateStore(kafka_settings, producer)
-        ensure_state_topic(kafka_settings)
-        store.write([_noise_state(topic, 1, 2.0)])
-        first = {key for key in _on_topic(kafka_settings) if b"#" in key}
-        store.write([_noise_state(topic, 2, 2.0)])
-        second = {key for key in _on_topic(kafka_settings) if b"#" in key}
-        assert len(first) == len(second) == 3 and not first & second
-        assert store.read(topic, [0])[0].next_offset == 2
+    store.write([_noise_state(topic, 1, 2.0)])
+    first = _parts(kafka_settings)
+    store.write([_noise_state(topic, 2, 2.0)])
+    second = _parts(kafka_settings)
+    assert len(first) == len(second) == 3 and not first & second
+    assert store.read(topic, [0])[0].next_offset == 2
 
-        small = PartitionState(topic, 0, next_offset=3, model_version="v1", detector={})
-        store.write([small])
-        assert [key for key in _on_topic(kafka_settings) if b"#" in key] == []
-        assert store.read(topic, [0])[0].next_offset == 3
-    finally:
-        producer.close()
+    store.write([PartitionState(topic, 0, next_offset=3, model_version="v1", detector={})])
+    assert _parts(kafka_settings) == set()
+    assert store.read(topic, [0])[0].next_offset == 3
 
 
 def test_parts_left_by_a_failed_write_are_deleted_by_the_next_owner(
-    kafka_settings: Settings,
+    kafka_settings: Settings, store: StateStore
 ) -> None:
     """A daemon that died after writing parts but before their manifest leaves the previous
     snapshot readable; the daemon that reads the partition next deletes the orphans with its
     first snapshot."""
     topic = kafka_settings.kafka.readings_topic
-    producer = KafkaProducer(**producer_config(kafka_settings))
-    try:
-        ensure_state_topic(kafka_settings)
-        StateStore(kafka_settings, producer).write([_noise_state(topic, 5, 2.0)])
-        key = StateStore(kafka_settings, producer).key(topic, 0)
-        orphans = [key + f"#{'0' * 32}/{i}".encode() for i in range(2)]
-        for orphan in orphans:
-            producer.send(kafka_settings.kafka.state_topic, key=orphan, value=b"half a snapshot")
-        producer.flush()
+    store.write([_noise_state(topic, 5, 2.0)])
+    key = store.key(topic, 0)
+    for i in range(2):
+        orphan = key + f"#{'0' * 32}/{i}".encode()
+        store.producer.send(store.topic, key=orphan, value=b"half a snapshot")
+    store.producer.flush()
 
-        heir = StateStore(kafka_settings, producer)
-        assert heir.read(topic, [0])[0].next_offset == 5
-        heir.write([PartitionState(topic, 0, next_offset=6, model_version="v1", detector={})])
-        assert [k for k in _on_topic(kafka_settings) if b"#" in k] == []
-    finally:
-        producer.close()
+    heir = StateStore(kafka_settings, store.producer)
+    assert heir.read(topic, [0])[0].next_offset == 5
+    heir.write([PartitionState(topic, 0, next_offset=6, model_version="v1", detector={})])
+    assert _parts(kafka_settings) == set()
 
 
 @pytest.mark.parametrize(
@@ -107,40 +106,30 @@ def test_parts_left_by_a_failed_write_are_deleted_by_the_next_owner(
     [("tombstone", "parts are missing"), ("overwrite", "checksum mismatch")],
 )
 def test_a_snapshot_with_a_lost_or_altered_part_is_refused_not_half_restored(
-    kafka_settings: Settings, caplog, damage: str, reason: str
+    kafka_settings: Settings, store: StateStore, caplog, damage: str, reason: str
 ) -> None:
     topic = kafka_settings.kafka.readings_topic
-    producer = KafkaProducer(**producer_config(kafka_settings))
-    try:
-        store = StateStore(kafka_settings, producer)
-        ensure_state_topic(kafka_settings)
-        store.write([_noise_state(topic, 5, 2.0)])
-        part = min(key for key in _on_topic(kafka_settings) if b"#" in key)
-        value = None if damage == "tombstone" else os.urandom(1000).hex().encode()
-        producer.send(kafka_settings.kafka.state_topic, key=part, value=value)
-        producer.flush()
-        with caplog.at_level(logging.WARNING, logger="monitor.kafka.state"):
-            assert store.read(topic, [0]) == {}
-    finally:
-        producer.close()
+    store.write([_noise_state(topic, 5, 2.0)])
+    part = min(_parts(kafka_settings))
+    value = None if damage == "tombstone" else os.urandom(1000).hex().encode()
+    store.producer.send(store.topic, key=part, value=value)
+    store.producer.flush()
+    with caplog.at_level(logging.WARNING, logger="monitor.kafka.state"):
+        assert store.read(topic, [0]) == {}
     assert any(reason in r.getMessage() for r in caplog.records)
 
 
-def test_a_tombstone_deletes_a_partitions_snapshot(kafka_settings: Settings) -> None:
+def test_a_tombstone_deletes_a_partitions_snapshot(
+    kafka_settings: Settings, store: StateStore
+) -> None:
     """Deleting a snapshot (a tombstone on its key, as an operator resetting a partition's state
     would send) means no snapshot, not the one before it."""
     topic = kafka_settings.kafka.readings_topic
-    producer = KafkaProducer(**producer_config(kafka_settings))
-    try:
-        store = StateStore(kafka_settings, producer)
-        ensure_state_topic(kafka_settings)
-        store.write([PartitionState(topic, 0, next_offset=4, model_version="v1", detector={})])
-        assert store.read(topic, [0])[0].next_offset == 4
-        producer.send(kafka_settings.kafka.state_topic, key=store.key(topic, 0), value=None)
-        producer.flush()
-        assert store.read(topic, [0]) == {}
-    finally:
-        producer.close()
+    store.write([PartitionState(topic, 0, next_offset=4, model_version="v1", detector={})])
+    assert store.read(topic, [0])[0].next_offset == 4
+    store.producer.send(store.topic, key=store.key(topic, 0), value=None)
+    store.producer.flush()
+    assert store.read(topic, [0]) == {}
 
 
 def test_groups_sharing_the_state_topic_never_restore_each_others_snapshots(
