@@ -518,18 +518,16 @@ def section_memory(
             consumed_s = time.perf_counter() - started
             before = daemon.metrics()
             done = before.get("checkpoint_seconds_count", 0)
+            spent = before.get("checkpoint_seconds_sum", 0)
             wait_for(
                 lambda done=done: daemon.metrics().get("checkpoint_seconds_count", 0) > done,
                 300,
                 f"a checkpoint of {count} entities",
             )
             after = daemon.metrics()
-            checkpoints = after["checkpoint_seconds_count"] - before.get(
-                "checkpoint_seconds_count", 0
+            checkpoint_s = (after["checkpoint_seconds_sum"] - spent) / (
+                after["checkpoint_seconds_count"] - done
             )
-            checkpoint_s = (
-                after["checkpoint_seconds_sum"] - before.get("checkpoint_seconds_sum", 0)
-            ) / checkpoints
             time.sleep(1.0)
             rows.append(
                 {

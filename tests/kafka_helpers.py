@@ -59,3 +59,15 @@ def read_topic(
         return records
     finally:
         consumer.close()
+
+
+def state_topic_contents(settings: Any) -> dict[bytes, bytes]:
+    """What compaction would leave of the state topic: each key's latest value."""
+    from monitor.kafka.state import StateStore
+
+    return StateStore(settings, producer=None)._read_all(timeout_s=30.0)
+
+
+def snapshot_parts(settings: Any) -> set[bytes]:
+    """The keys of snapshot parts on the state topic (``<group>/<topic>/<partition>#...``)."""
+    return {key for key in state_topic_contents(settings) if b"#" in key}

@@ -180,15 +180,15 @@ class StateStore:
         for state in states:
             key = self.key(state.topic, state.partition)
             blob = state.encode()
-            live[key] = set()
             if len(blob) <= PART_BYTES:
+                live[key] = set()
                 heads.append((key, blob))
                 continue
             snapshot_id = uuid.uuid4().hex
             cut = [blob[i : i + PART_BYTES] for i in range(0, len(blob), PART_BYTES)]
             names = [key + f"#{snapshot_id}/{i}".encode() for i in range(len(cut))]
+            live[key] = set(names)
             self._parts.setdefault(key, set()).update(names)
-            live[key].update(names)
             parts.extend(zip(names, cut, strict=True))
             heads.append((key, _manifest(names, blob)))
         self._send(parts, timeout_s)

@@ -16,6 +16,7 @@ from monitor.daemon import Daemon
 from monitor.kafka import producer_config
 from monitor.kafka.state import PART_BYTES, PartitionState, StateStore, ensure_state_topic
 from monitor.settings import Settings
+from tests.kafka_helpers import snapshot_parts, state_topic_contents
 
 
 def _noise_state(topic: str, offset: int, megabytes: float) -> PartitionState:
@@ -23,16 +24,6 @@ def _noise_state(topic: str, offset: int, megabytes: float) -> PartitionState:
     # ~100 one-channel entities per MB is.
     noise = os.urandom(int(megabytes * 1_000_000)).hex()
     return PartitionState(topic, 0, next_offset=offset, model_version="v1", detector={"n": noise})
-
-
-def _on_topic(settings: Settings) -> dict[bytes, bytes]:
-    """What compaction would leave of the state topic: each key's latest value."""
-    return StateStore(settings, producer=None)._read_all(timeout_s=30.0)  # type: ignore[arg-type]
-
-
-def _parts(settings: Settings) -> set[bytes]:
-    """The keys of snapshot parts left on the state topic."""
-    return {key for key in _on_topic(settings) if b"#" in key}
 
 
 @pytest.fixture
@@ -58,8 +49,8 @@ def test_a_snapshot_bigger_than_a_record_is_written_in_parts_by_a_default_produc
     store.write([state])
     back = store.read(topic, [0])
     assert back[0].next_offset == 42 and back[0].detector == state.detector
-    records = _on_topic(kafka_settings)
-    assert len(_parts(kafka_settings)) == 4
+    records = state_topic_contents(kafka_settings)
+    assert len(snapshot_parts(kafka_settings)) == 4
     assert max(len(value) for value in records.values()) <= PART_BYTES
 
 
@@ -70,14 +61,14 @@ def test_a_new_snapshot_deletes_the_parts_of_the_one_it_replaces(
     in parts or whole, so compaction keeps the topic at one snapshot per partition."""
     topic = kafka_settings.kafka.readings_topic
     store.write([_noise_state(topic, 1, 2.0)])
-    first = _parts(kafka_settings)
+    first = snapshot_parts(kafka_settings)
     store.write([_noise_state(topic, 2, 2.0)])
-    second = _parts(kafka_settings)
+    second = snapshot_parts(kafka_settings)
     assert len(first) == len(second) == 3 and not first & second
     assert store.read(topic, [0])[0].next_offset == 2
 
     store.write([PartitionState(topic, 0, next_offset=3, model_version="v1", detector={})])
-    assert _parts(kafka_settings) == set()
+    assert snapshot_parts(kafka_settings) == set()
     assert store.read(topic, [0])[0].next_offset == 3
 
 
@@ -98,7 +89,7 @@ def test_parts_left_by_a_failed_write_are_deleted_by_the_next_owner(
     heir = StateStore(kafka_settings, store.producer)
     assert heir.read(topic, [0])[0].next_offset == 5
     heir.write([PartitionState(topic, 0, next_offset=6, model_version="v1", detector={})])
-    assert _parts(kafka_settings) == set()
+    assert snapshot_parts(kafka_settings) == set()
 
 
 @pytest.mark.parametrize(
@@ -110,7 +101,7 @@ def test_a_snapshot_with_a_lost_or_altered_part_is_refused_not_half_restored(
 ) -> None:
     topic = kafka_settings.kafka.readings_topic
     store.write([_noise_state(topic, 5, 2.0)])
-    part = min(_parts(kafka_settings))
+    part = min(snapshot_parts(kafka_settings))
     value = None if damage == "tombstone" else os.urandom(1000).hex().encode()
     store.producer.send(store.topic, key=part, value=value)
     store.producer.flush()
