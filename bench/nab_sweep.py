@@ -2,7 +2,7 @@
 
 Run ``python -m bench.nab_sweep --data ../shared/datasets/nab/data`` (``--grid coarse``, the
 default, or ``refine``, ``seeds``, ``best``, ``retrain``, ``rhythm``, ``routine``, ``round4``,
-``all``; ``--only NAME,GLOB*`` picks configurations by name). Each configuration is one
+``round5``, ``all``; ``--only NAME,GLOB*`` picks configurations by name). Each configuration is one
 :class:`monitor.evaluation.EvaluationConfig` run through
 :func:`monitor.evaluation.evaluate_path` over the whole folder (2 worker processes by default;
 a full run over NAB's 35 files takes 20-40 s on 2 idle cores with the window-16 LSTM, about a
@@ -324,6 +324,29 @@ ROUND4.update(
     )
 )
 
+# Fifth round: the weekly rhythm (``DetectorConfig.weekly_rhythm``, on in the package defaults),
+# the daily rhythm's signal over a week. A day's profile blends weekdays with weekends; a week's
+# remembers each time of each day of the week, so a quiet holiday on a busy weekday stands out.
+# Against the defaults without it, its warm-up and slots around the defaults (2016 windows, 5
+# minutes), the weekly rhythm instead of the daily one, and a control: a period of 5.5 days,
+# which should not help if what it learns is the day of the week.
+_WEEKLY_OFF = {"detector": {"weekly_rhythm": {"enabled": False}}}
+ROUND5: dict[str, dict[str, Any]] = {
+    "r5_weekly_off": _merge(BEST, _WEEKLY_OFF),
+    **_variants(
+        BEST,
+        r5_base={},
+        r5_warm50=({"detector": {"weekly_rhythm": {"warm": 50}}}),
+        r5_warm288=({"detector": {"weekly_rhythm": {"warm": 288}}}),
+        r5_warm1000=({"detector": {"weekly_rhythm": {"warm": 1000}}}),
+        r5_warm4032=({"detector": {"weekly_rhythm": {"warm": 4032}}}),
+        r5_slots336=({"detector": {"weekly_rhythm": {"slots": 336}}}),
+        r5_slots1008=({"detector": {"weekly_rhythm": {"slots": 1008}}}),
+        r5_weekly_alone=({"detector": {"rhythm": {"enabled": False}}}),
+        r5_not_a_week=({"detector": {"weekly_rhythm": {"period_s": 5.5 * _DAY, "slots": 1584}}}),
+    ),
+}
+
 # Finalists and baselines, for more seeds.
 SEEDS: dict[str, dict[str, Any]] = {
     "defaults": COARSE["defaults"],
@@ -343,10 +366,11 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "rhythm": RHYTHM,
     "routine": ROUTINE,
     "round4": ROUND4,
+    "round5": ROUND5,
 }
 GRIDS["all"] = {
     name: c
-    for grid in ("coarse", "refine", "seeds", "retrain", "rhythm", "routine", "round4")
+    for grid in ("coarse", "refine", "seeds", "retrain", "rhythm", "routine", "round4", "round5")
     for name, c in GRIDS[grid].items()
 }
 

@@ -19,8 +19,9 @@ Each entity is either *closed* or has one *open* episode (so episodes never over
   lets it take the new level as normal).
 
 A window is anomalous when its score is above its threshold (``anomalous``) or it is off its
-entity's rhythm (``off_rhythm``, :mod:`monitor.rhythm`); the events' ``signals`` name which of the
-two marked the episode's windows. A window whose threshold is None (warming up) counts as normal.
+entity's daily or weekly rhythm (``off_rhythm``, :mod:`monitor.rhythm`); the events' ``signals``
+name which of the two marked the episode's windows. A window whose threshold is None (warming up)
+counts as normal.
 
 Attribution and severity, in every event: ``contributions`` maps each channel to its share of the
 error. With an ``attribute`` function (the Detector passes the model's reconstruction-based

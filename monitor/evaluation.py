@@ -114,6 +114,7 @@ def _default_settings() -> tuple[dict[str, Any], dict[str, Any]]:
         "threshold": dict(d.threshold),
         "episodes": dict(d.episodes),
         "rhythm": dict(d.rhythm),
+        "weekly_rhythm": dict(d.weekly_rhythm),
         "routine": dict(d.routine),
     }
 
@@ -126,8 +127,8 @@ class EvaluationConfig:
         model: ``{"kind": ..., "window": ..., <hyper-parameter>: ...}``, the arguments of
             :func:`models.build` (default: the ``model`` settings' defaults, chosen on NAB;
             a missing kind is ``"lstm"``, a missing window 16 steps).
-        detector: ``{"window": {...}, "threshold": {...}, "episodes": {...},
-            "rhythm": {...}, "routine": {...}, "max_batch_windows": n}``, the arguments of
+        detector: ``{"window": {...}, "threshold": {...}, "episodes": {...}, "rhythm": {...},
+            "weekly_rhythm": {...}, "routine": {...}, "max_batch_windows": n}``, the arguments of
             :meth:`monitor.pipeline.DetectorConfig.from_dicts`; the window's length and
             channels come from the model (default: the ``detector`` settings' defaults).
         probation: NAB's probationary fraction: the first ``min(floor(probation * rows),
@@ -198,7 +199,15 @@ class EvaluationConfig:
     def _detector_config(self) -> Any:
         from monitor.pipeline import DetectorConfig
 
-        known = {"window", "threshold", "episodes", "rhythm", "routine", "max_batch_windows"}
+        known = {
+            "window",
+            "threshold",
+            "episodes",
+            "rhythm",
+            "weekly_rhythm",
+            "routine",
+            "max_batch_windows",
+        }
         unknown = sorted(set(self.detector) - known)
         if unknown:
             raise ConfigError(
@@ -248,6 +257,7 @@ class EvaluationConfig:
                 "threshold": dict(d.threshold),
                 "episodes": dict(d.episodes),
                 "rhythm": dict(d.rhythm),
+                "weekly_rhythm": dict(d.weekly_rhythm),
                 "routine": dict(d.routine),
                 "max_batch_windows": d.max_batch_windows,
             },

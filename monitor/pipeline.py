@@ -18,7 +18,7 @@ from models.base import Autoencoder, Scores
 from monitor.episodes import EpisodeConfig, Episodes
 from monitor.errors import ConfigError
 from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
-from monitor.rhythm import Rhythm, RhythmConfig
+from monitor.rhythm import WEEKLY, Rhythm, RhythmConfig
 from monitor.routine import Routine, RoutineConfig
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
 from monitor.windowing import WindowConfig, Windower
@@ -32,7 +32,8 @@ __all__ = [
     "process_together",
 ]
 
-SNAPSHOT_FORMAT = 3  # 2 added the rhythm, 3 the routine; older ones restore them fresh
+SNAPSHOT_FORMAT = 4  # 2 added the rhythm, 3 the routine, 4 the weekly rhythm; older ones
+# restore those afresh
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -40,12 +41,14 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class DetectorConfig:
     """The streaming core's settings. ``window.length`` and ``window.channels`` must match the
-    model; :meth:`for_model` fills them in from it."""
+    model; :meth:`for_model` fills them in from it. ``rhythm`` is the time-of-day rhythm,
+    ``weekly_rhythm`` the same signal over a week (:data:`monitor.rhythm.WEEKLY`)."""
 
     window: WindowConfig = field(default_factory=WindowConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     rhythm: RhythmConfig = field(default_factory=RhythmConfig)
+    weekly_rhythm: RhythmConfig = field(default_factory=lambda: RhythmConfig(**WEEKLY))
     routine: RoutineConfig = field(default_factory=RoutineConfig)
     max_batch_windows: int = 4096
 
@@ -57,15 +60,20 @@ class DetectorConfig:
         threshold: Mapping[str, Any] | None = None,
         episodes: Mapping[str, Any] | None = None,
         rhythm: Mapping[str, Any] | None = None,
+        weekly_rhythm: Mapping[str, Any] | None = None,
         routine: Mapping[str, Any] | None = None,
         max_batch_windows: int = 4096,
     ) -> DetectorConfig:
-        """Build from plain settings, turning a bad key or value into a ConfigError naming it."""
+        """Build from plain settings, turning a bad key or value into a ConfigError naming it.
+        ``weekly_rhythm``'s keys are merged over :data:`monitor.rhythm.WEEKLY`."""
         return cls(
             window=_build(WindowConfig, "detector.window", window),
             threshold=_build(ThresholdConfig, "detector.threshold", threshold),
             episodes=_build(EpisodeConfig, "detector.episodes", episodes),
             rhythm=_build(RhythmConfig, "detector.rhythm", rhythm),
+            weekly_rhythm=_build(
+                RhythmConfig, "detector.weekly_rhythm", {**WEEKLY, **(weekly_rhythm or {})}
+            ),
             routine=_build(RoutineConfig, "detector.routine", routine),
             max_batch_windows=max_batch_windows,
         )
@@ -126,7 +134,8 @@ class Detector:
     but within what the entity's error usually reaches at this time of day is judged normal
     (:mod:`monitor.routine`, unless ``routine.enabled`` is false). The rhythm signal
     (:mod:`monitor.rhythm`, unless ``rhythm.enabled`` is false) marks windows off the entity's
-    usual time-of-day values; episodes open on windows marked by either.
+    usual time-of-day values, and the weekly rhythm (unless ``weekly_rhythm.enabled`` is false)
+    those off its usual values at this time of the week; episodes open on windows marked by any.
 
     Windows of all entities that a batch of readings completes are scored in one model call.
     """
@@ -139,6 +148,11 @@ class Detector:
         self.thresholds: dict[str, Threshold] = {}
         self.rhythm: Rhythm | None = (
             Rhythm(self.config.rhythm, model.channels) if self.config.rhythm.enabled else None
+        )
+        self.weekly_rhythm: Rhythm | None = (
+            Rhythm(self.config.weekly_rhythm, model.channels)
+            if self.config.weekly_rhythm.enabled
+            else None
         )
         self.routine: Routine | None = (
             Routine(self.config.routine) if self.config.routine.enabled else None
@@ -176,6 +190,7 @@ class Detector:
         thresholds = self.thresholds
         episodes = self.episodes
         rhythm = self.rhythm
+        weekly = self.weekly_rhythm
         routine = self.routine
         decisions = out.decisions
         # One conversion for the batch: the same Python floats as float(scores.window[i]).
@@ -195,9 +210,14 @@ class Detector:
                     usual = routine.learn_one(entity, window.end, score / value)
                     if usual:
                         anomalous = False
-            off_rhythm = rhythm is not None and rhythm.learn_one(
-                entity, window.end, window.values[-1].tolist()
-            )
+            off_rhythm = False
+            if rhythm is not None or weekly is not None:
+                latest = window.values[-1].tolist()
+                # Both learn every window: no short-circuit.
+                if rhythm is not None:
+                    off_rhythm = rhythm.learn_one(entity, window.end, latest)
+                if weekly is not None and weekly.learn_one(entity, window.end, latest):
+                    off_rhythm = True
             # Positional (keywords cost ~0.5 µs per window), in the record's field order.
             decision = WindowDecision(
                 window,
@@ -234,7 +254,7 @@ class Detector:
         """Serve a new model from the next window on, keeping every open window.
 
         Thresholds are re-warmed from the new model's validation scores, because its errors live
-        on another scale; windows, the rhythm and episodes carry on, so no window is lost or
+        on another scale; windows, the rhythms and episodes carry on, so no window is lost or
         scored twice.
         """
         if model.channels != self.model.channels or model.window != self.model.window:
@@ -257,13 +277,14 @@ class Detector:
         return threshold
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state of windows, thresholds, routine, rhythm and episodes (not the model)."""
+        """JSON-ready state of windows, thresholds, routine, rhythms, episodes (not the model)."""
         return {
             "format": SNAPSHOT_FORMAT,
             "model_version": self.model.version,
             "windower": self.windower.snapshot(),
             "thresholds": {e: t.snapshot() for e, t in self.thresholds.items()},
             "rhythm": None if self.rhythm is None else self.rhythm.snapshot(),
+            "weekly_rhythm": None if self.weekly_rhythm is None else self.weekly_rhythm.snapshot(),
             "routine": None if self.routine is None else self.routine.snapshot(),
             "episodes": self.episodes.snapshot(),
         }
@@ -274,8 +295,8 @@ class Detector:
     ) -> Detector:
         """A detector that continues exactly where the snapshotted one stopped.
 
-        A snapshot without rhythm or routine state (an older format, or taken with them
-        disabled) starts them afresh: they learn each time-of-day slot again over one period.
+        A snapshot without rhythm, weekly rhythm or routine state (an older format, or taken with
+        them disabled) starts them afresh: they learn each slot again over one period.
 
         Raises:
             ValueError: an unknown format, or state taken with another config.
@@ -290,8 +311,8 @@ class Detector:
         operator changed ``detector.*`` between two runs) starts afresh instead of failing.
 
         Returns the detector and the parts started afresh (``windower``, ``thresholds``,
-        ``rhythm``, ``routine``, ``episodes``), so that the caller can say so. Episodes open in
-        a part started afresh never get their CLOSED event.
+        ``rhythm``, ``weekly_rhythm``, ``routine``, ``episodes``), so that the caller can say
+        so. Episodes open in a part started afresh never get their CLOSED event.
 
         Raises:
             ValueError: an unknown snapshot format.
@@ -307,7 +328,7 @@ class Detector:
         snapshot: Mapping[str, Any],
         fresh: list[str] | None,
     ) -> Detector:
-        if snapshot.get("format") not in (1, 2, SNAPSHOT_FORMAT):
+        if snapshot.get("format") not in (1, 2, 3, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
         settings = detector.config
@@ -340,6 +361,13 @@ class Detector:
                 "rhythm",
                 lambda: Rhythm.from_snapshot(settings.rhythm, model.channels, rhythm),
                 detector.rhythm,
+            )
+        weekly = snapshot.get("weekly_rhythm")
+        if detector.weekly_rhythm is not None and weekly is not None:
+            detector.weekly_rhythm = restore(
+                "weekly_rhythm",
+                lambda: Rhythm.from_snapshot(settings.weekly_rhythm, model.channels, weekly),
+                detector.weekly_rhythm,
             )
         routine = snapshot.get("routine")
         if detector.routine is not None and routine is not None:

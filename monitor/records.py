@@ -59,8 +59,8 @@ class WindowDecision:
     while the threshold warms up (then ``anomalous`` is False). ``channel_errors`` has shape
     (channels,) and ``step_errors`` shape (time,): the error attributed to each channel and step.
     ``model_version`` names the model that scored the window. ``off_rhythm`` says whether the
-    window's latest reading is far from the entity's usual value at that time of day
-    (:mod:`monitor.rhythm`), a second signal beside the score that also counts as anomalous.
+    window's latest reading is far from the entity's usual value at that time of day or of the
+    week (:mod:`monitor.rhythm`), a second signal beside the score that also counts as anomalous.
     ``routine`` says that the score is above the threshold but within what the entity's error
     usually reaches at this time of day (:mod:`monitor.routine`): then ``anomalous`` is False.
     """
@@ -80,7 +80,7 @@ class Signal(StrEnum):
     """What marked a window anomalous."""
 
     RECONSTRUCTION = "reconstruction"  # the model's error above the entity's threshold
-    RHYTHM = "rhythm"  # off the entity's usual time-of-day values (monitor.rhythm)
+    RHYTHM = "rhythm"  # off the entity's usual time-of-day or -week values (monitor.rhythm)
 
 
 class EpisodeEventKind(StrEnum):

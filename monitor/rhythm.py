@@ -21,6 +21,14 @@ An entity is off rhythm when any of its channels is. The history is kept as ``hi
 block sums of ``ma`` and ``ma**2`` plus the current block, so the window it compares with holds
 between ``history - history/history_blocks`` and ``history`` windows, in O(history_blocks) memory.
 
+The same signal with a period of a week (``WEEKLY``: 2016 slots of 5 minutes, judging only after
+2016 windows of history) remembers each time of each day of the week. The daily profile blends
+weekdays with weekends, so a holiday that makes a busy Thursday look like a Sunday stays within
+it; the weekly one sees a Thursday unlike the Thursdays before. The Detector runs both and a
+window is off rhythm when either says so (``DetectorConfig.weekly_rhythm``). Its long warm-up
+keeps it silent until a whole week has been compared with the week before, so the thin history
+of its first judged windows does not alarm.
+
 The defaults come from the NAB measurement (``python -m bench.nab_sweep --grid rhythm``; see the
 README). State per entity and channel: ``slots + average + 2 * history_blocks`` floats (3.6 KB
 with the defaults). Everything is causal: a window uses only readings up to its end.
@@ -35,9 +43,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from statistics import NormalDist
+from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Rhythm", "RhythmConfig"]
+__all__ = ["WEEKLY", "Rhythm", "RhythmConfig"]
 
 _SNAPSHOT_VERSION = 1
 
@@ -48,8 +57,8 @@ class RhythmConfig:
 
     Parameters:
         enabled: whether the Detector runs the rhythm signal at all.
-        period_s: the rhythm's period in seconds (a day).
-        slots: time-of-day slots per period, each with its own profile value (288: 5 minutes).
+        period_s: the rhythm's period in seconds (a day; the weekly rhythm's is a week).
+        slots: slots per period, each with its own profile value (288 a day: 5 minutes).
         alpha: weight of a new period's reading in its slot's profile (an EWMA, in (0, 1]).
         average: windows whose residuals are averaged into ``ma``.
         history: windows of ``ma`` that a window's ``ma`` is compared with.
@@ -98,6 +107,14 @@ class RhythmConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The weekly rhythm's settings, over :class:`RhythmConfig`'s: a period of a week in 5-minute
+#: slots, judging once 2016 windows (a week of 5-minute readings) of history exist. Chosen on
+#: NAB (``python -m bench.nab_sweep --grid round5``; see the README).
+WEEKLY: Mapping[str, Any] = MappingProxyType(
+    {"period_s": 7 * 86_400.0, "slots": 2016, "warm": 2016}
+)
 
 
 def _finite(x: Any) -> bool:

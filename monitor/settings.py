@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from monitor.errors import ConfigError
+from monitor.rhythm import WEEKLY
 
 __all__ = [
     "REFERENCE_BEGIN",
@@ -59,6 +60,7 @@ __all__ = [
 _NAB_HYPERPARAMETERS: dict[str, Any] = {"latent_size": 8, "hidden_size": 16}
 _NAB_THRESHOLD: dict[str, Any] = {"spot_q": 3e-3, "rebaseline_after": 50}
 _NAB_EPISODES: dict[str, Any] = {"open_after": 2, "open_within": 2}
+_WEEKLY: dict[str, Any] = dict(WEEKLY)
 
 
 def _over(default: dict[str, Any], value: Any) -> Any:
@@ -310,6 +312,12 @@ class DetectorSettings(_Section):
         description="overrides of the time-of-day rhythm signal defaults (RhythmConfig; "
         '{"enabled": false} turns it off)',
     )
+    weekly_rhythm: dict[str, Any] = Field(
+        default_factory=lambda: dict(_WEEKLY),
+        description="overrides of the weekly rhythm signal defaults (the rhythm over a week, "
+        "RhythmConfig; keys given are merged over the default, a week of 5-minute slots; "
+        '{"enabled": false} turns it off)',
+    )
     max_batch_windows: int = Field(4096, ge=1, description="windows per model call")
 
     _merge_threshold = field_validator("threshold", mode="before")(
@@ -317,6 +325,9 @@ class DetectorSettings(_Section):
     )
     _merge_episodes = field_validator("episodes", mode="before")(
         lambda value: _over(_NAB_EPISODES, value)
+    )
+    _merge_weekly_rhythm = field_validator("weekly_rhythm", mode="before")(
+        lambda value: _over(_WEEKLY, value)
     )
 
     def config(self) -> Any:
@@ -328,6 +339,7 @@ class DetectorSettings(_Section):
             threshold=self.threshold,
             episodes=self.episodes,
             rhythm=self.rhythm,
+            weekly_rhythm=self.weekly_rhythm,
             routine=self.routine,
             max_batch_windows=self.max_batch_windows,
         )
@@ -656,6 +668,7 @@ def _dict_sections() -> dict[str, tuple[type, frozenset[str], str]]:
         "detector.threshold": (ThresholdConfig, frozenset(), ""),
         "detector.routine": (RoutineConfig, frozenset(), ""),
         "detector.rhythm": (RhythmConfig, frozenset(), ""),
+        "detector.weekly_rhythm": (RhythmConfig, frozenset(), ""),
         "detector.episodes": (EpisodeConfig, frozenset(), ""),
     }
 

@@ -13,7 +13,7 @@ import torch
 
 import models
 from models.base import Autoencoder
-from monitor.pipeline import Detector, DetectorConfig, DetectorOutput
+from monitor.pipeline import SNAPSHOT_FORMAT, Detector, DetectorConfig, DetectorOutput
 from monitor.records import EpisodeEventKind
 from tests.unit.test_detector_rhythm import DAY, T0, process, readings
 
@@ -100,7 +100,7 @@ def test_snapshot_restore_continue_is_exact_with_the_routine(model: Autoencoder,
     first = Detector(model)
     head = process(first, rows[:cut])
     state = json.loads(json.dumps(first.snapshot()))
-    assert state["format"] == 3 and state["routine"]["entities"]
+    assert state["format"] == SNAPSHOT_FORMAT and state["routine"]["entities"]
     second = Detector.from_snapshot(model, None, state)
     tail = process(second, rows[cut:])
     assert flat(head + tail) == expected

@@ -144,6 +144,7 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
         "MONITOR_DETECTOR__THRESHOLD",
         "MONITOR_DETECTOR__EPISODES",
         "MONITOR_DETECTOR__RHYTHM",
+        "MONITOR_DETECTOR__WEEKLY_RHYTHM",
         "MONITOR_DETECTOR__ROUTINE",
         "MONITOR_MODEL__HYPERPARAMETERS",
     }
@@ -158,6 +159,7 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
     clean_env.delenv("MONITOR_DETECTOR__THRESHOLD")
     clean_env.delenv("MONITOR_DETECTOR__EPISODES")
     clean_env.delenv("MONITOR_DETECTOR__RHYTHM")
+    clean_env.delenv("MONITOR_DETECTOR__WEEKLY_RHYTHM")
     clean_env.delenv("MONITOR_DETECTOR__ROUTINE")
     clean_env.delenv("MONITOR_MODEL__HYPERPARAMETERS")
     plain = load_settings()
@@ -170,6 +172,7 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
         "detector.threshold": plain_config.threshold,
         "detector.episodes": plain_config.episodes,
         "detector.rhythm": plain_config.rhythm,
+        "detector.weekly_rhythm": plain_config.weekly_rhythm,
         "detector.routine": plain_config.routine,
         "model.hyperparameters": plain_model.config,
     }
@@ -178,6 +181,7 @@ def test_dict_key_defaults_are_accepted_by_the_dataclasses(clean_env: pytest.Mon
         "detector.threshold": config.threshold,
         "detector.episodes": config.episodes,
         "detector.rhythm": config.rhythm,
+        "detector.weekly_rhythm": config.weekly_rhythm,
         "detector.routine": config.routine,
         "model.hyperparameters": model.config,
     }

@@ -82,6 +82,21 @@ def test_a_dict_setting_is_merged_over_the_defaults_chosen_on_nab(
     assert settings.detector.episodes == {"open_after": 2, "open_within": 2}
 
 
+def test_the_weekly_rhythm_setting_keeps_its_week_when_one_key_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().detector.config().weekly_rhythm.period_s == 7 * 86_400.0
+    monkeypatch.setenv("MONITOR_DETECTOR__WEEKLY_RHYTHM", '{"risk": 1e-3}')
+    weekly = load_settings().detector.config().weekly_rhythm
+    assert (weekly.period_s, weekly.slots, weekly.warm) == (604_800.0, 2016, 2016)
+    assert weekly.risk == 1e-3
+    monkeypatch.setenv("MONITOR_DETECTOR__WEEKLY_RHYTHM", '{"enabled": false}')
+    assert not load_settings().detector.config().weekly_rhythm.enabled
+    monkeypatch.setenv("MONITOR_DETECTOR__WEEKLY_RHYTHM", '{"slots": 0}')
+    with pytest.raises(ConfigError, match=r"detector\.weekly_rhythm"):
+        load_settings().detector.config()
+
+
 def test_healthz_staleness_defaults_from_the_session_timeout_unless_set() -> None:
     assert load_settings().stale_after_s == 60.0
     assert load_settings(kafka={"session_timeout_ms": 30_000}).stale_after_s == 120.0
