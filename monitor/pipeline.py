@@ -32,8 +32,10 @@ __all__ = [
     "process_together",
 ]
 
-SNAPSHOT_FORMAT = 4  # 2 added the rhythm, 3 the routine, 4 the weekly rhythm; older ones
-# restore those afresh
+# 2 added the rhythm, 3 the routine; older ones restore them afresh. The weekly rhythm came in
+# format 3 as an optional part: a reader that does not know it ignores it (a rolling upgrade
+# keeps every other part), and a snapshot without it starts it afresh.
+SNAPSHOT_FORMAT = 3
 K = TypeVar("K")
 T = TypeVar("T")
 
@@ -328,7 +330,7 @@ class Detector:
         snapshot: Mapping[str, Any],
         fresh: list[str] | None,
     ) -> Detector:
-        if snapshot.get("format") not in (1, 2, 3, SNAPSHOT_FORMAT):
+        if snapshot.get("format") not in (1, 2, SNAPSHOT_FORMAT):
             raise ValueError(f"unknown detector snapshot format {snapshot.get('format')!r}")
         detector = cls(model, config)
         settings = detector.config

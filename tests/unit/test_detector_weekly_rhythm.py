@@ -136,7 +136,7 @@ def test_snapshot_restore_continue_is_exact_with_the_weekly_rhythm(
     assert flat(head + tail) == expected
 
 
-def test_a_format_3_snapshot_restores_with_a_fresh_weekly_rhythm(
+def test_a_snapshot_without_the_weekly_rhythm_restores_with_a_fresh_one(
     model: Autoencoder, rows: list[Reading]
 ) -> None:
     first = Detector(model)
@@ -144,8 +144,7 @@ def test_a_format_3_snapshot_restores_with_a_fresh_weekly_rhythm(
     process(first, rows[:cut])
     state = json.loads(json.dumps(first.snapshot()))
     assert first.weekly_rhythm is not None and len(first.weekly_rhythm) == 1
-    del state["weekly_rhythm"]
-    state["format"] = 3
+    del state["weekly_rhythm"]  # written before the weekly rhythm existed, in the same format
     second = Detector.from_snapshot(model, None, state)
     assert second.weekly_rhythm is not None and len(second.weekly_rhythm) == 0
     assert second.rhythm is not None and len(second.rhythm) == 1  # the daily one carries on
@@ -167,3 +166,18 @@ def test_resume_starts_afresh_only_the_weekly_rhythm_when_its_settings_changed(
     assert fresh == ["weekly_rhythm"]
     assert resumed.weekly_rhythm is not None and len(resumed.weekly_rhythm) == 0
     assert resumed.rhythm is not None and len(resumed.rhythm) == 1
+
+
+def test_a_detector_without_the_weekly_rhythm_reads_a_snapshot_with_it(
+    model: Autoencoder, rows: list[Reading]
+) -> None:
+    """As a daemon of the version before it does in a rolling upgrade: every other part is
+    restored, the weekly rhythm's is ignored."""
+    first = Detector(model)
+    process(first, rows[: 2 * WEEK])
+    state = json.loads(json.dumps(first.snapshot()))
+    daily_only = DetectorConfig.from_dicts(weekly_rhythm={"enabled": False})
+    resumed, fresh = Detector.resume(model, daily_only, state)
+    assert fresh == [] and resumed.weekly_rhythm is None
+    assert resumed.snapshot()["rhythm"] == state["rhythm"]
+    assert resumed.snapshot()["windower"] == state["windower"]
