@@ -8,9 +8,10 @@ remembers each time-of-day slot instead. Per entity and channel, for each window
 - ``slot``: the window end's position in the period (``period_s``, a day) in ``slots`` slots
   (288: five minutes);
 - ``residual = |x - P[slot]|``, ``x`` the window's latest reading and ``P[slot]`` an EWMA
-  (``alpha``) of the readings seen in that slot on earlier periods. A window in a slot not seen
-  before only starts its profile: it is never off rhythm and adds nothing to the history below,
-  so a new entity's first period does not make its second look unusual;
+  (``alpha``) of the readings seen in that slot before. A window in the entity's first period
+  (less than ``period_s`` after its first window), or in a slot not seen before, only builds
+  the profile: it is never off rhythm and adds nothing to the history below, so a new entity's
+  first period does not make its second look unusual, however many readings share a slot;
 - ``ma``: the mean residual of the last ``average`` windows;
 - the window is *off rhythm* when ``ma`` is above the mean of the previous ``history`` windows'
   ``ma`` by more than the normal quantile of ``1 - risk`` standard deviations (Numenta's anomaly
@@ -131,6 +132,7 @@ class _EntityRhythm:
     blocks: array  # history_blocks x (2 x channels): a ring of (sum ma, sum ma^2) per block
     history: list[float]  # the completed blocks' sums, 2 x channels
     current: list[float]  # the current block's sums, 2 x channels
+    started: float = -math.inf  # the first window's end, epoch seconds (-inf: not known)
     filled: int = 0  # residuals in the ring (<= average)
     at: int = 0  # next ring position
     blocks_filled: int = 0
@@ -159,6 +161,7 @@ class _EntityRhythm:
             "blocks_filled": self.blocks_filled,
             "block_at": self.block_at,
             "current_n": self.current_n,
+            "started": self.started if math.isfinite(self.started) else None,
         }
 
     @classmethod
@@ -182,6 +185,9 @@ class _EntityRhythm:
         state.blocks_filled = int(data["blocks_filled"])
         state.block_at = int(data["block_at"])
         state.current_n = int(data["current_n"])
+        # Absent from snapshots taken before the first-period rule: long started.
+        started = data.get("started")
+        state.started = -math.inf if started is None else float(started)
         state.resum_recent(channels)
         state.resum_history(channels)
         return state
@@ -232,16 +238,23 @@ class Rhythm:
         config = self.config
         state = self._entities.get(entity)
         n_channels = len(self.channels)
+        seconds = end.timestamp()
         if state is None:
             state = self._entities[entity] = _EntityRhythm.fresh(config, n_channels)
-        slot = int(end.timestamp() % config.period_s // self._width) % config.slots
+            state.started = seconds
+        slot = int(seconds % config.period_s // self._width) % config.slots
         profile, recent, recent_sum = state.profile, state.recent, state.recent_sum
         history, current = state.history, state.current
         alpha, z = config.alpha, self._z
         base = slot * n_channels
-        if profile[base] != profile[base]:  # NaN: the slot's first period, nothing to compare
+        if profile[base] != profile[base]:  # NaN: the slot's first reading, nothing to compare
             for c in range(n_channels):
                 profile[base + c] = latest[c]
+            return False
+        if seconds - state.started < config.period_s:  # the first period: the profile only
+            for c in range(n_channels):
+                p = profile[base + c]
+                profile[base + c] = p + alpha * (latest[c] - p)
             return False
         ring = state.at * n_channels
         full = state.filled == config.average

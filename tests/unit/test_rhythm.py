@@ -55,6 +55,10 @@ def reference(
             profile[slot] = x
             off.append(False)
             continue
+        if (i * STEP).total_seconds() < config.period_s:  # the first period builds the profile
+            profile[slot] += config.alpha * (x - profile[slot])
+            off.append(False)
+            continue
         residuals.append(abs(x - profile[slot]))
         profile[slot] += config.alpha * (x - profile[slot])
         ma = float(np.mean(residuals[-config.average :]))
@@ -88,6 +92,19 @@ def test_the_first_day_of_a_new_entity_never_fires_and_the_second_starts_quiet()
     assert not off.any()
 
 
+def test_with_coarse_slots_the_first_period_builds_the_profile_and_no_history() -> None:
+    """Hour-long slots take 12 readings a day each: the 11 after a slot's first must not be
+    compared with a profile of the same day (their residuals are the hour's own wiggle, a
+    history too quiet for the day after)."""
+    values = daily(2, seed=9)[: DAY + 30]
+    rhythm = Rhythm(RhythmConfig(slots=24), ("value",))
+    off = run(rhythm, values)
+    state = rhythm.snapshot()["entities"]["e"]
+    assert not off.any()
+    assert state["filled"] == 30 and state["current_n"] == 30 and state["blocks_filled"] == 0
+    assert state["started"] == T0.timestamp()
+
+
 def test_a_perfectly_repeating_stream_has_no_spread_and_never_fires() -> None:
     t = np.arange(4 * DAY)
     values = np.where((t % DAY) < DAY // 2, 1.0, 3.0)
@@ -103,11 +120,13 @@ def test_a_perfectly_repeating_stream_has_no_spread_and_never_fires() -> None:
     warm=st.integers(1, 40),
     alpha=st.sampled_from([0.05, 0.2, 1.0]),
     jump=st.floats(0, 30),
+    slots=st.sampled_from([288, 24]),
 )
 def test_streaming_matches_the_plain_rule(
-    seed: int, average: int, history: int, warm: int, alpha: float, jump: float
+    seed: int, average: int, history: int, warm: int, alpha: float, jump: float, slots: int
 ) -> None:
     config = RhythmConfig(
+        slots=slots,
         average=average,
         history=history,
         history_blocks=history,
