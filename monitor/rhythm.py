@@ -22,7 +22,7 @@ An entity is off rhythm when any of its channels is. The history is kept as ``hi
 block sums of ``ma`` and ``ma**2`` plus the current block, so the window it compares with holds
 between ``history - history/history_blocks`` and ``history`` windows, in O(history_blocks) memory.
 
-The same signal with a period of a week (``WEEKLY``: 2016 slots of 5 minutes, judging only after
+The same signal with a period of a week (``WEEKLY``: 336 slots of 30 minutes, judging only after
 2016 windows of history) remembers each time of each day of the week. The daily profile blends
 weekdays with weekends, so a holiday that makes a busy Thursday look like a Sunday stays within
 it; the weekly one sees a Thursday unlike the Thursdays before. The Detector runs both and a
@@ -32,7 +32,7 @@ of its first judged windows does not alarm.
 
 The defaults come from the NAB measurement (``python -m bench.nab_sweep --grid rhythm``; see the
 README). State per entity and channel: ``slots + average + 2 * history_blocks`` floats (3.6 KB
-with the defaults). Everything is causal: a window uses only readings up to its end.
+with the defaults, 4.5 KB for the weekly rhythm). Everything is causal: a window uses only readings up to its end.
 """
 
 from __future__ import annotations
@@ -110,12 +110,10 @@ class RhythmConfig:
         return asdict(self)
 
 
-#: The weekly rhythm's settings, over :class:`RhythmConfig`'s: a period of a week in 5-minute
+#: The weekly rhythm's settings, over :class:`RhythmConfig`'s: a period of a week in 30-minute
 #: slots, judging once 2016 windows (a week of 5-minute readings) of history exist. Chosen on
 #: NAB (``python -m bench.nab_sweep --grid round5``; see the README).
-WEEKLY: Mapping[str, Any] = MappingProxyType(
-    {"period_s": 7 * 86_400.0, "slots": 2016, "warm": 2016}
-)
+WEEKLY: Mapping[str, Any] = MappingProxyType({"period_s": 7 * 86_400.0, "slots": 336, "warm": 2016})
 
 
 def _finite(x: Any) -> bool:

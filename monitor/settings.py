@@ -315,7 +315,7 @@ class DetectorSettings(_Section):
     weekly_rhythm: dict[str, Any] = Field(
         default_factory=lambda: dict(_WEEKLY),
         description="overrides of the weekly rhythm signal defaults (the rhythm over a week, "
-        "RhythmConfig; keys given are merged over the default, a week of 5-minute slots; "
+        "RhythmConfig; keys given are merged over the default, a week of 30-minute slots; "
         '{"enabled": false} turns it off)',
     )
     max_batch_windows: int = Field(4096, ge=1, description="windows per model call")

@@ -71,12 +71,12 @@ def in_holiday(step: int) -> bool:
     return HOLIDAY.start <= step < HOLIDAY.stop
 
 
-def test_the_weekly_rhythm_is_on_by_default_with_a_week_of_five_minute_slots() -> None:
+def test_the_weekly_rhythm_is_on_by_default_with_a_week_of_half_hour_slots() -> None:
     config = DetectorConfig().weekly_rhythm
     assert (config.enabled, config.period_s, config.slots, config.warm) == (
         True,
         7 * 86_400.0,
-        2016,
+        336,
         2016,
     )
     built = DetectorConfig.from_dicts(weekly_rhythm={"risk": 1e-3}).weekly_rhythm

@@ -88,7 +88,7 @@ def test_the_weekly_rhythm_setting_keeps_its_week_when_one_key_is_given(
     assert load_settings().detector.config().weekly_rhythm.period_s == 7 * 86_400.0
     monkeypatch.setenv("MONITOR_DETECTOR__WEEKLY_RHYTHM", '{"risk": 1e-3}')
     weekly = load_settings().detector.config().weekly_rhythm
-    assert (weekly.period_s, weekly.slots, weekly.warm) == (604_800.0, 2016, 2016)
+    assert (weekly.period_s, weekly.slots, weekly.warm) == (604_800.0, 336, 2016)
     assert weekly.risk == 1e-3
     monkeypatch.setenv("MONITOR_DETECTOR__WEEKLY_RHYTHM", '{"enabled": false}')
     assert not load_settings().detector.config().weekly_rhythm.enabled
