@@ -580,11 +580,22 @@ class Daemon:
             for partition in partitions:
                 tp = TopicPartition(topic, partition)
                 snap = snapshots.get(partition)
-                if snap is None:
+                resumed = None
+                if snap is not None:
+                    try:
+                        resumed = Detector.resume(self.model, self.config, snap.detector)
+                    except ValueError as exc:  # a newer daemon's format, in a rolling upgrade
+                        log.warning(
+                            "partition %s: ignoring a snapshot this version cannot read (%s); "
+                            "starting it afresh at its committed offset",
+                            partition,
+                            exc,
+                        )
+                if snap is None or resumed is None:
                     self.detectors[tp] = Detector(self.model, self.config)
                     fresh.append(tp)
                     continue
-                detector, fresh_parts = Detector.resume(self.model, self.config, snap.detector)
+                detector, fresh_parts = resumed
                 if fresh_parts:
                     log.warning(
                         "partition %s: the saved %s state was taken with other detector "

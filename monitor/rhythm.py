@@ -32,7 +32,8 @@ of its first judged windows does not alarm.
 
 The defaults come from the NAB measurement (``python -m bench.nab_sweep --grid rhythm``; see the
 README). State per entity and channel: ``slots + average + 2 * history_blocks`` floats (3.6 KB
-with the defaults, 4.5 KB for the weekly rhythm). Everything is causal: a window uses only readings up to its end.
+with the defaults, 4.5 KB for the weekly rhythm). Everything is causal: a window uses only
+readings up to its end.
 """
 
 from __future__ import annotations

@@ -320,3 +320,34 @@ def test_slow_checkpoints_are_spaced_to_a_tenth_of_the_loop(
     assert len(periodic) >= 2 and gaps.min() >= 2.9, gaps  # 0.3 s / 0.1, not 0.2 + 0.3 s
     assert metrics.value("monitor_checkpoint_seconds_count") == len(periodic)
     assert any("checkpointing every 3 s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_snapshot_of_a_format_this_version_cannot_read_starts_its_partition_afresh(
+    kafka_settings: Settings,
+    tiny_model: Autoencoder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As in a rolling upgrade, when a newer daemon's snapshot reaches an older one: a warning,
+    the partition starts afresh, and the daemon keeps running. Afresh means at its committed
+    offset when the commit's fingerprint matches the records, else from the partition's start
+    (the embedded broker returns commits without their metadata, so there it is the start)."""
+    import monitor.pipeline
+
+    ensure_topics(kafka_settings)
+    k = kafka_settings.kafka
+    records = _readings(sine(700, seed=7), "e1")
+    produce(kafka_settings.bootstrap, k.readings_topic, records[:400])
+    config = kafka_settings.detector.config()
+    with monkeypatch.context() as newer:
+        newer.setattr(monitor.pipeline, "SNAPSHOT_FORMAT", 99)
+        assert Daemon(kafka_settings, tiny_model, config, idle_stop_s=2.0).run().readings_in == 400
+
+    produce(kafka_settings.bootstrap, k.readings_topic, records[400:])
+    with caplog.at_level(logging.WARNING, logger="monitor.daemon"):
+        stats = Daemon(kafka_settings, tiny_model, config, idle_stop_s=2.0).run()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot read" in m and "format 99" in m for m in messages), messages
+    assert stats.readings_in in (300, 700) and stats.readings_accepted == stats.readings_in
+    # The windows start afresh: the first window - 1 readings complete none.
+    assert stats.windows_scored == stats.readings_in - (tiny_model.window - 1)
