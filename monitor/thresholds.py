@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections import deque
@@ -207,7 +208,7 @@ class ThresholdConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-serialisable dict (inverse of :meth:`from_dict`)."""
-        return asdict(self)
+        return dict(_config_dict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ThresholdConfig:
@@ -217,6 +218,14 @@ class ThresholdConfig:
         if unknown:
             raise ValueError(f"ThresholdConfig: unknown key(s) {unknown}; expected {sorted(known)}")
         return cls(**data)
+
+
+@functools.cache
+def _config_dict(config: ThresholdConfig) -> dict[str, Any]:
+    """``asdict(config)``, once per config: every entity's threshold snapshot holds its config,
+    and ``asdict`` (a deep copy, field by field) was ~12 µs of the ~107 µs a one-channel entity's
+    snapshot took."""
+    return asdict(config)
 
 
 def _check_open_unit(name: str, value: object) -> None:
