@@ -96,6 +96,10 @@ Findings (NAB's 35 files here, 55 windows; means over seeds 0-3 unless said othe
   first period was made profile-only (``monitor.rhythm``), 30-minute slots scored 72.2 and
   2016 slots 72.5: the other readings of a coarse slot's first week filled the history with
   residuals from a profile of the same week.
+- Sixth round (``--grid round6``): the daily rhythm's warm-up, 50 windows until then, judged an
+  entity's second day on a few hours of history (14 windows of the demo's clean daily stream
+  off rhythm, an episode opened). NAB scores nothing in its probation, so it barely sees that:
+  50/144/288 windows 72.5, 576 72.6 over seeds 0-3. The default is now 288, a day.
 - Production's retraining in the replay (``--grid retrain``: ``RetrainPolicy`` + ``challenge()``
   on event time) does not help on top of ``r2_n2of2``: weekly rounds on 14 days 50.4 over seeds 0-3
   (47.9-53.6) at 4-5x the wall time; daily (seed 0) 52.3 at 25x; weekly with the drift trigger
@@ -360,6 +364,20 @@ ROUND5: dict[str, dict[str, Any]] = {
     ),
 }
 
+# Sixth round: the daily rhythm's warm-up. At 50 windows it judges an entity's second day on
+# a few hours of history: on a clean daily stream (the demo's art_daily_jumpsup) that marked 14
+# windows of day 2 and opened an episode there. NAB starts scoring after its probation, so it
+# barely sees this; the rows check that a day of history (288 windows, the default since this
+# round) costs nothing there.
+ROUND6: dict[str, dict[str, Any]] = _variants(
+    BEST,
+    r6_base={},
+    r6_daily_warm50=({"detector": {"rhythm": {"warm": 50}}}),
+    r6_daily_warm144=({"detector": {"rhythm": {"warm": 144}}}),
+    r6_daily_warm288=({"detector": {"rhythm": {"warm": 288}}}),
+    r6_daily_warm576=({"detector": {"rhythm": {"warm": 576}}}),
+)
+
 # Finalists and baselines, for more seeds.
 SEEDS: dict[str, dict[str, Any]] = {
     "defaults": COARSE["defaults"],
@@ -380,10 +398,21 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "routine": ROUTINE,
     "round4": ROUND4,
     "round5": ROUND5,
+    "round6": ROUND6,
 }
 GRIDS["all"] = {
     name: c
-    for grid in ("coarse", "refine", "seeds", "retrain", "rhythm", "routine", "round4", "round5")
+    for grid in (
+        "coarse",
+        "refine",
+        "seeds",
+        "retrain",
+        "rhythm",
+        "routine",
+        "round4",
+        "round5",
+        "round6",
+    )
     for name, c in GRIDS[grid].items()
 }
 

@@ -15,8 +15,10 @@ remembers each time-of-day slot instead. Per entity and channel, for each window
 - ``ma``: the mean residual of the last ``average`` windows;
 - the window is *off rhythm* when ``ma`` is above the mean of the previous ``history`` windows'
   ``ma`` by more than the normal quantile of ``1 - risk`` standard deviations (Numenta's anomaly
-  likelihood applied to the residual), once ``warm`` windows of history exist. A channel with no
-  spread (a perfectly repeating stream) is never off rhythm.
+  likelihood applied to the residual), once ``warm`` windows of history exist: by default a day
+  of 5-minute windows, so that an entity's second day is not judged on a few hours of history
+  (with 50 windows a clean daily stream had windows of its second day off rhythm). A channel
+  with no spread (a perfectly repeating stream) is never off rhythm.
 
 An entity is off rhythm when any of its channels is. The history is kept as ``history_blocks``
 block sums of ``ma`` and ``ma**2`` plus the current block, so the window it compares with holds
@@ -67,7 +69,9 @@ class RhythmConfig:
         history_blocks: blocks the history is kept in (memory per channel: 2 floats each).
         risk: a window is off rhythm when its ``ma`` is this improbable under a normal fit of
             the history (upper tail).
-        warm: windows of history needed before a window can be off rhythm.
+        warm: windows of history needed before a window can be off rhythm (the default, 288,
+            is a day of 5-minute windows). ``warm`` and ``risk`` only judge: a snapshot taken
+            with other values of them restores as it is.
 
     Raises:
         ValueError: a field is out of range; the message names it.
@@ -81,7 +85,7 @@ class RhythmConfig:
     history: int = 8640
     history_blocks: int = 90
     risk: float = 1e-4
-    warm: int = 50
+    warm: int = 288
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -115,6 +119,18 @@ class RhythmConfig:
 #: slots, judging once 2016 windows (a week of 5-minute readings) of history exist. Chosen on
 #: NAB (``python -m bench.nab_sweep --grid round5``; see the README).
 WEEKLY: Mapping[str, Any] = MappingProxyType({"period_s": 7 * 86_400.0, "slots": 336, "warm": 2016})
+
+
+# Settings that only judge the state, not shape or update it: a snapshot taken with other values
+# of them continues exactly (so that changing them, or their defaults, keeps the learnt profile).
+_JUDGING_ONLY = frozenset({"warm", "risk"})
+
+
+def _state_settings(config: Any) -> Any:
+    """A config dict without the judging-only settings (anything else as it is)."""
+    if not isinstance(config, Mapping):
+        return config
+    return {name: value for name, value in config.items() if name not in _JUDGING_ONLY}
 
 
 def _finite(x: Any) -> bool:
@@ -333,7 +349,7 @@ class Rhythm:
             raise ValueError(
                 f"rhythm snapshot version {snapshot.get('version')!r} is not {_SNAPSHOT_VERSION}"
             )
-        if snapshot.get("config") != config.to_dict():
+        if _state_settings(snapshot.get("config")) != _state_settings(config.to_dict()):
             raise ValueError(
                 f"rhythm snapshot was taken with another config: {snapshot.get('config')}, "
                 f"not {config.to_dict()}"

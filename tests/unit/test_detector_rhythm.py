@@ -132,7 +132,7 @@ def test_resume_starts_afresh_only_the_parts_whose_settings_changed(model: Autoe
         process(Detector.from_snapshot(model, None, state), rows[cut:])
     )
 
-    changed = DetectorConfig.from_dicts(rhythm={"risk": 1e-3})
+    changed = DetectorConfig.from_dicts(rhythm={"alpha": 0.5})
     with pytest.raises(ValueError, match="another config"):
         Detector.from_snapshot(model, changed, state)
     resumed, fresh = Detector.resume(model, changed, state)

@@ -159,7 +159,7 @@ def test_resume_starts_afresh_only_the_weekly_rhythm_when_its_settings_changed(
     first = Detector(model)
     process(first, rows[: 2 * WEEK])
     state = json.loads(json.dumps(first.snapshot()))
-    changed = DetectorConfig.from_dicts(weekly_rhythm={"risk": 1e-3})
+    changed = DetectorConfig.from_dicts(weekly_rhythm={"alpha": 0.5})
     with pytest.raises(ValueError, match="another config"):
         Detector.from_snapshot(model, changed, state)
     resumed, fresh = Detector.resume(model, changed, state)

@@ -9,10 +9,13 @@ from datetime import UTC, datetime, timedelta
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.demo import DEFAULT_STREAM, sample_streams_dir
+from monitor.labels import labelled_windows
 from monitor.rhythm import Rhythm, RhythmConfig
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -194,6 +197,26 @@ def test_snapshot_restores_exactly_and_survives_json() -> None:
         assert np.concatenate([head, tail]).tolist() == whole.tolist(), cut
 
 
+def test_a_snapshot_taken_with_other_judging_settings_continues_exactly() -> None:
+    """``warm`` and ``risk`` only judge the state: a snapshot taken with other values of them
+    (e.g. the warm-up's default before it became a day) restores the learnt profile, and the
+    state then moves exactly as if it had been learnt with the new settings."""
+    values = daily(4, seed=8)
+    values[3 * DAY + 60 : 3 * DAY + 120] += 6.0
+    before = RhythmConfig(warm=50, risk=1e-3)
+    after = RhythmConfig()
+    cut = 2 * DAY + 30
+    first = Rhythm(before, ("value",))
+    run(first, values[:cut])
+    resumed = Rhythm.from_snapshot(after, ("value",), json.loads(json.dumps(first.snapshot())))
+    uninterrupted = Rhythm(after, ("value",))
+    run(uninterrupted, values[:cut])
+    tail = run(resumed, values[cut:], start=cut)
+    assert tail.tolist() == run(uninterrupted, values[cut:], start=cut).tolist()
+    assert tail.any(), "the shifted hours of day 4 are judged with the new settings"
+    assert resumed.snapshot()["entities"] == uninterrupted.snapshot()["entities"]
+
+
 def test_a_snapshot_of_another_config_channel_set_or_version_is_refused() -> None:
     rhythm = Rhythm(RhythmConfig(), ("value",))
     run(rhythm, daily(1, seed=7)[:10])
@@ -238,3 +261,23 @@ def test_forget_drops_an_entity() -> None:
 def test_bad_settings_are_refused_by_name(changes: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=f"RhythmConfig.{field} "):
         RhythmConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_a_clean_daily_stream_is_on_rhythm_until_its_anomaly() -> None:
+    """The demo's stream (a daily pattern, one labelled anomaly on its eleventh day) with the
+    default settings: no window is off rhythm before the anomaly, the anomaly's are. With a
+    warm-up of 50 windows (the default before), the second day was judged on a few hours of
+    history and 14 of its windows were off rhythm, enough to open an episode."""
+    csv = sample_streams_dir() / DEFAULT_STREAM
+    stream = pd.read_csv(csv, parse_dates=["timestamp"])
+    ((start, end),) = labelled_windows(csv)
+    rhythm = Rhythm(RhythmConfig(), ["value"])
+    off = [
+        when
+        for when, value in zip(
+            stream["timestamp"].dt.tz_localize(UTC), stream["value"], strict=True
+        )
+        if rhythm.learn_one("e", when.to_pydatetime(), [float(value)])
+    ]
+    assert off, "the labelled anomaly is off rhythm"
+    assert start <= min(off) <= end
