@@ -235,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_format=settings.log_format == "json",
             stream=sys.stderr,
         )
+        if quiet:
+            # kafka-python's own warnings (its I/O loop's "Task ... ran for 0.2s ... blocking the
+            # event loop" when our threads hold the GIL) tell a demo's user nothing to act on.
+            logging.getLogger("kafka").setLevel(logging.ERROR)
         return int(COMMANDS[args.command](args, settings) or 0)
     except MonitorError as exc:
         print(f"monitor {args.command}: error: {exc}", file=sys.stderr)
