@@ -69,9 +69,9 @@ class RhythmConfig:
         history_blocks: blocks the history is kept in (memory per channel: 2 floats each).
         risk: a window is off rhythm when its ``ma`` is this improbable under a normal fit of
             the history (upper tail).
-        warm: windows of history needed before a window can be off rhythm (the default, 288,
-            is a day of 5-minute windows). ``warm`` and ``risk`` only judge: a snapshot taken
-            with other values of them restores as it is.
+        warm: windows of history needed before a window can be off rhythm (by default a day of
+            5-minute windows; the weekly rhythm's is a week's). ``warm`` and ``risk`` only
+            judge: a snapshot taken with other values of them restores as it is.
 
     Raises:
         ValueError: a field is out of range; the message names it.
