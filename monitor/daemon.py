@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,7 +78,8 @@ SWITCH_INTERVAL_S = 0.0002
 # The most of the loop's time checkpoints may take. A checkpoint snapshots, encodes and writes
 # every entity of the daemon's partitions (~0.5 ms per one-channel entity at steady state,
 # measured: 2,000 entities 1.1 s), so 10,000 entities at the default 5 s interval would spend half
-# the loop on it; past this share the interval stretches to ``duration / CHECKPOINT_SHARE``.
+# the loop on it; past this share the interval stretches to ``duration / CHECKPOINT_SHARE``
+# (the duration of all its steps: it writes one partition per loop iteration).
 CHECKPOINT_SHARE = 0.1
 
 # Allocations (net) between two collections of the youngest generation; CPython's default is 700.
@@ -174,7 +175,11 @@ class Daemon:
         self._consumer: KafkaConsumer | None = None
         self._state: StateStore | None = None
         self._last_checkpoint = time.monotonic()
-        self._checkpoint_s = 0.0  # how long the last periodic checkpoint took
+        self._checkpoint_s = 0.0  # how long the last periodic checkpoint took, all its steps
+        # The partitions the periodic checkpoint under way has still to write, one per loop
+        # iteration (see _checkpoint_step; None between checkpoints), and its steps' time so far.
+        self._round: deque[TopicPartition] | None = None
+        self._round_s = 0.0
         self._stretched = False  # whether the interval was stretched at the last checkpoint
         self._scorer: ThreadPoolExecutor | None = None
         self.ready = False
@@ -257,13 +262,23 @@ class Daemon:
                     last_activity = now
                 elif last_activity is None and consumer.assignment():
                     last_activity = now
-                if now - self._last_checkpoint >= self._checkpoint_interval():
-                    self._checkpoint(self._dirty)
-                    self._report_lag(consumer)
-                    self._report_thresholds()
-                    self._checkpoint_s = time.monotonic() - now
-                    if self.metrics is not None:
-                        self.metrics.checkpoint_seconds.observe(self._checkpoint_s)
+                if (
+                    self._round is None
+                    and now - self._last_checkpoint >= self._checkpoint_interval()
+                ):
+                    self._last_checkpoint = now
+                    self._round, self._round_s = deque(sorted(self._dirty)), 0.0
+                if self._round is not None:
+                    started = time.monotonic()
+                    done = self._checkpoint_step(self._round)
+                    self._round_s += time.monotonic() - started
+                    if done:
+                        self._round = None
+                        self._report_lag(consumer)
+                        self._report_thresholds()
+                        self._checkpoint_s = self._round_s
+                        if self.metrics is not None:
+                            self.metrics.checkpoint_seconds.observe(self._checkpoint_s)
                 if (
                     self.idle_stop_s is not None
                     and last_activity is not None
@@ -468,6 +483,21 @@ class Daemon:
             log.info("checkpoints are quick again: every %g s", every)
         return max(every, needed)
 
+    def _checkpoint_step(self, round_: deque[TopicPartition]) -> bool:
+        """Checkpoint the next partition of a periodic checkpoint; True when none is left.
+
+        One partition per loop iteration, with a batch handled in between: the loop stops for
+        one partition's snapshot at a time, not for all of them (with thousands of entities a
+        whole checkpoint takes seconds). A partition revoked meanwhile was checkpointed by the
+        revocation; one with nothing new since is skipped. Each partition's snapshot and commit
+        are taken together, so every step is a consistent checkpoint of its partition.
+        """
+        if round_:
+            tp = round_.popleft()
+            if tp in self._dirty:
+                self._checkpoint([tp])
+        return not round_
+
     def _checkpoint(self, partitions: Iterable[TopicPartition], *, blocking: bool = True) -> None:
         """Snapshot the partitions' detectors with their next offsets, then commit those.
 
@@ -476,7 +506,6 @@ class Daemon:
         resumes from in any case.
         """
         tps = [tp for tp in partitions if tp in self.detectors and tp in self._positions]
-        self._last_checkpoint = time.monotonic()
         if not tps or self._state is None or self._consumer is None:
             return
         # One partition's snapshot at a time: write() encodes each before the next is taken,

@@ -213,7 +213,8 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "monitor_checkpoint_seconds",
-            "Wall time of one periodic checkpoint: snapshot every entity, write, commit.",
+            "Time of one periodic checkpoint: snapshot every entity, write, commit (the sum "
+            "of its steps, one partition per loop iteration).",
             buckets=_BATCH_BUCKETS_S,
             registry=r,
         )
