@@ -48,7 +48,8 @@ quicker group join; section 3 checkpoints every 30 s, see below);
 3. Resident memory (RSS, psutil) of a ``monitor run`` process idle, after it has consumed 68
    steps of 1,000 entities and then of 10,000 (every entity has full windows and a threshold),
    and the increment per entity; with the rate at which it consumed them, and how long the
-   first checkpoint after that took (``monitor_checkpoint_seconds``), per entity. The daemon
+   first checkpoint after that took (``monitor_checkpoint_seconds``), per entity, and the longest
+   the loop stopped for one of its steps (``monitor_checkpoint_longest_stop_seconds``). The daemon
    spaces checkpoints to ten times their duration, so 10,000 entities checkpoint less often
    than every 5 s.
 4. Back-pressure: a producer floods the readings topic as fast as it can for 45 s while a
@@ -537,6 +538,7 @@ def section_memory(
                     "consumed_readings_per_s": sent / consumed_s,
                     "checkpoint_s": checkpoint_s,
                     "checkpoint_ms_per_entity": checkpoint_s * 1000 / count,
+                    "checkpoint_longest_stop_s": after.get("checkpoint_longest_stop_seconds"),
                 }
             )
             have = count
@@ -741,7 +743,8 @@ def report(results: dict[str, Any]) -> str:
                 f"   {row['entities']:>7,} entities: {row['rss_mb']:,.0f} MB "
                 f"(peak {row['peak_rss_mb']:,.0f} MB); consumed at "
                 f"{row['consumed_readings_per_s']:,.0f} readings/s; a checkpoint "
-                f"{row['checkpoint_s']:.2f} s ({row['checkpoint_ms_per_entity']:.2f} ms/entity)"
+                f"{row['checkpoint_s']:.2f} s ({row['checkpoint_ms_per_entity']:.2f} ms/entity"
+                f", the loop stopped {row['checkpoint_longest_stop_s'] or 0:.2f} s at most)"
             )
         lines.append(f"   per additional entity: {mem['per_entity_kb']:,.1f} KB")
         lines += _warning_lines(mem["daemon_warnings"])

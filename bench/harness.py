@@ -348,6 +348,7 @@ _PLAIN_METRICS = (
     "monitor_windows_scored_total",
     "monitor_checkpoint_seconds_sum",
     "monitor_checkpoint_seconds_count",
+    "monitor_checkpoint_longest_stop_seconds",
 )
 
 

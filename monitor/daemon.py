@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
@@ -79,7 +79,8 @@ SWITCH_INTERVAL_S = 0.0002
 # every entity of the daemon's partitions (~0.5 ms per one-channel entity at steady state,
 # measured: 2,000 entities 1.1 s), so 10,000 entities at the default 5 s interval would spend half
 # the loop on it; past this share the interval stretches to ``duration / CHECKPOINT_SHARE``
-# (the duration of all its steps: it writes one partition per loop iteration).
+# (all its steps, one partition per loop iteration, and their encoding on the encoder thread,
+# which holds the GIL while it writes JSON).
 CHECKPOINT_SHARE = 0.1
 
 # Allocations (net) between two collections of the youngest generation; CPython's default is 700.
@@ -132,6 +133,35 @@ class _Stopping(Exception):
     """Raised inside a batch when a stop was requested while the broker kept failing."""
 
 
+@dataclass(slots=True)
+class _Round:
+    """A periodic checkpoint under way: the partitions it has still to write, one per loop
+    iteration; whether it had any; the time its steps took so far (their encoding counted in)
+    and the longest the loop stopped for one of them."""
+
+    partitions: deque[TopicPartition]
+    writes: bool
+    seconds: float = 0.0
+    longest: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Encoding:
+    """A partition's snapshot being encoded on the encoder thread, and the offset it is at."""
+
+    tp: TopicPartition
+    offset: OffsetAndMetadata
+    future: Future[tuple[bytes, float]]
+
+
+def _encode(state: PartitionState) -> tuple[bytes, float]:
+    """The snapshot encoded, and the CPU seconds that took (run on the encoder thread; CPU,
+    not wall time, which would count the loop's turns with the GIL too)."""
+    started = time.thread_time()
+    blob = state.encode()
+    return blob, time.thread_time() - started
+
+
 class Daemon:
     """Runs the detectors of the partitions this process owns, until stopped.
 
@@ -176,10 +206,10 @@ class Daemon:
         self._state: StateStore | None = None
         self._last_checkpoint = time.monotonic()
         self._checkpoint_s = 0.0  # how long the last periodic checkpoint took, all its steps
-        # The partitions the periodic checkpoint under way has still to write, one per loop
-        # iteration (see _checkpoint_step; None between checkpoints), and its steps' time so far.
-        self._round: deque[TopicPartition] | None = None
-        self._round_s = 0.0
+        self._round: _Round | None = None  # the periodic checkpoint under way
+        # The thread that encodes a periodic checkpoint's snapshots, and the partition it is on.
+        self._encoder: ThreadPoolExecutor | None = None
+        self._encoding: _Encoding | None = None
         self._stretched = False  # whether the interval was stretched at the last checkpoint
         self._scorer: ThreadPoolExecutor | None = None
         self.ready = False
@@ -243,6 +273,7 @@ class Daemon:
         if self.settings.model.scoring_thread:
             self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor-scoring")
             sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor-checkpoint")
         try:
             while not self._stop.is_set():
                 self._maybe_swap_model()
@@ -262,23 +293,7 @@ class Daemon:
                     last_activity = now
                 elif last_activity is None and consumer.assignment():
                     last_activity = now
-                if (
-                    self._round is None
-                    and now - self._last_checkpoint >= self._checkpoint_interval()
-                ):
-                    self._last_checkpoint = now
-                    self._round, self._round_s = deque(sorted(self._dirty)), 0.0
-                if self._round is not None:
-                    started = time.monotonic()
-                    done = self._checkpoint_step(self._round)
-                    self._round_s += time.monotonic() - started
-                    if done:
-                        self._round = None
-                        self._report_lag(consumer)
-                        self._report_thresholds()
-                        self._checkpoint_s = self._round_s
-                        if self.metrics is not None:
-                            self.metrics.checkpoint_seconds.observe(self._checkpoint_s)
+                self._periodic_checkpoint(now, consumer)
                 if (
                     self.idle_stop_s is not None
                     and last_activity is not None
@@ -291,6 +306,7 @@ class Daemon:
             log.warning("stopped while the broker was failing; resuming from the last checkpoint")
         finally:
             try:
+                self._drop_encoding()
                 if clean:
                     self._checkpoint(self._dirty)
             finally:
@@ -298,6 +314,10 @@ class Daemon:
                 if self.metrics is not None:
                     self.metrics.set_up(False)
                 consumer.close(autocommit=False)
+                if self._encoder is not None:
+                    # Not waiting: an encoding still running was dropped above.
+                    self._encoder.shutdown(wait=False, cancel_futures=True)
+                    self._encoder = None
                 if self._scorer is not None:
                     self._scorer.shutdown()
                     self._scorer = None
@@ -483,20 +503,82 @@ class Daemon:
             log.info("checkpoints are quick again: every %g s", every)
         return max(every, needed)
 
-    def _checkpoint_step(self, round_: deque[TopicPartition]) -> bool:
-        """Checkpoint the next partition of a periodic checkpoint; True when none is left.
+    def _periodic_checkpoint(self, now: float, consumer: KafkaConsumer) -> None:
+        """Start a periodic checkpoint when one is due; take the one under way a step further."""
+        if self._round is None:
+            if now - self._last_checkpoint < self._checkpoint_interval():
+                return
+            self._last_checkpoint = now
+            self._round = _Round(deque(sorted(self._dirty)), writes=bool(self._dirty))
+        round_ = self._round
+        started = time.monotonic()
+        done = self._checkpoint_step(round_.partitions)
+        stopped = time.monotonic() - started
+        round_.seconds += stopped
+        round_.longest = max(round_.longest, stopped)
+        if not done:
+            return
+        self._round = None
+        self._report_lag(consumer)
+        self._report_thresholds()
+        self._checkpoint_s = round_.seconds
+        if self.metrics is not None:
+            self.metrics.checkpoint_seconds.observe(round_.seconds)
+            if round_.writes:
+                self.metrics.checkpoint_longest_stop.set(round_.longest)
 
-        One partition per loop iteration, with a batch handled in between: the loop stops for
-        one partition's snapshot at a time, not for all of them (with thousands of entities a
-        whole checkpoint takes seconds). A partition revoked meanwhile was checkpointed by the
-        revocation; one with nothing new since is skipped. Each partition's snapshot and commit
-        are taken together, so every step is a consistent checkpoint of its partition.
+    def _checkpoint_step(self, round_: deque[TopicPartition]) -> bool:
+        """Take the periodic checkpoint one step further; True when it is done.
+
+        One partition at a time, with batches handled in between: its snapshot is taken on the
+        loop, encoded on the encoder thread while the loop goes on, then written and committed
+        on the loop at a later step. So the loop stops for one partition's snapshot and write
+        at a time, not for all of them (with thousands of entities a whole checkpoint takes
+        seconds), and not for the encoding. A partition revoked meanwhile was checkpointed by
+        the revocation; one with nothing new since is skipped. The offset committed is the one
+        the snapshot was taken at, so every step is a consistent checkpoint of its partition.
         """
+        if self._encoding is not None:
+            if not self._encoding.future.done():
+                return False
+            self._finish_encoding()
         if round_:
             tp = round_.popleft()
             if tp in self._dirty:
-                self._checkpoint([tp])
-        return not round_
+                self._begin_encoding(tp)
+        return not round_ and self._encoding is None
+
+    def _begin_encoding(self, tp: TopicPartition) -> None:
+        if tp not in self.detectors or tp not in self._positions:
+            return
+        if self._encoder is None:
+            self._checkpoint([tp])
+            return
+        state, offset = self._partition_state(tp), self._offset(tp)
+        self._dirty.discard(tp)  # readings from now on make it dirty again
+        self._encoding = _Encoding(tp, offset, self._encoder.submit(_encode, state))
+
+    def _finish_encoding(self) -> None:
+        encoding, self._encoding = self._encoding, None
+        assert encoding is not None and self._state is not None
+        tp, (blob, seconds) = encoding.tp, encoding.future.result()
+        # The encoding counts in the checkpoint's time (its pacing, the metric) as it did on
+        # the loop: beside it, it still takes the GIL while it writes JSON.
+        if self._round is not None:
+            self._round.seconds += seconds
+        store = self._state
+        self._write_and_commit(
+            lambda: store.write_encoded([(tp.topic, tp.partition, blob)]), {tp: encoding.offset}
+        )
+
+    def _drop_encoding(self) -> None:
+        """Leave the partition being encoded unwritten, e.g. when partitions are revoked or the
+        daemon stops: what comes next checkpoints it at once, from a newer snapshot."""
+        encoding, self._encoding = self._encoding, None
+        if encoding is not None:
+            encoding.future.cancel()
+            if encoding.tp in self.detectors:
+                self._dirty.add(encoding.tp)
 
     def _checkpoint(self, partitions: Iterable[TopicPartition], *, blocking: bool = True) -> None:
         """Snapshot the partitions' detectors with their next offsets, then commit those.
@@ -508,27 +590,44 @@ class Daemon:
         tps = [tp for tp in partitions if tp in self.detectors and tp in self._positions]
         if not tps or self._state is None or self._consumer is None:
             return
+        offsets = {tp: self._offset(tp) for tp in tps}
         # One partition's snapshot at a time: write() encodes each before the next is taken,
         # so a checkpoint holds one partition's state as Python objects, not all of them.
-        states = (
-            PartitionState(
-                topic=tp.topic,
-                partition=tp.partition,
-                next_offset=self._positions[tp],
-                model_version=self.model.version,
-                detector=self.detectors[tp].snapshot(),
-                last_timestamp_ms=self._last_record.get(tp, (None, None))[0],
-                last_key_digest=self._last_record.get(tp, (None, None))[1],
-            )
-            for tp in tps
+        states = (self._partition_state(tp) for tp in tps)
+        store = self._state
+        self._dirty.difference_update(tps)
+        self._write_and_commit(lambda: store.write(states), offsets, blocking=blocking)
+
+    def _partition_state(self, tp: TopicPartition) -> PartitionState:
+        """The partition's snapshot, at its current position."""
+        timestamp, digest = self._last_record.get(tp, (None, None))
+        return PartitionState(
+            topic=tp.topic,
+            partition=tp.partition,
+            next_offset=self._positions[tp],
+            model_version=self.model.version,
+            detector=self.detectors[tp].snapshot(),
+            last_timestamp_ms=timestamp,
+            last_key_digest=digest,
         )
+
+    def _offset(self, tp: TopicPartition) -> OffsetAndMetadata:
+        # The commit carries the same fingerprint as the snapshot, so that a commit that
+        # reached a broker which has since re-created the topic can be recognised.
+        return OffsetAndMetadata(self._positions[tp], self._fingerprint(tp), -1)
+
+    def _write_and_commit(
+        self,
+        write: Callable[[], None],
+        offsets: dict[TopicPartition, OffsetAndMetadata],
+        *,
+        blocking: bool = True,
+    ) -> None:
+        """Write snapshots, then commit the offsets they were taken at; on failure the
+        partitions are dirty again, for the next checkpoint."""
+        assert self._consumer is not None
         try:
-            self._state.write(states)
-            # The commit carries the same fingerprint as the snapshot, so that a commit that
-            # reached a broker which has since re-created the topic can be recognised.
-            offsets = {
-                tp: OffsetAndMetadata(self._positions[tp], self._fingerprint(tp), -1) for tp in tps
-            }
+            write()
             if blocking:
                 self._consumer.commit(offsets)
             else:
@@ -539,8 +638,8 @@ class Daemon:
             log.warning("offset commit refused, partitions were reassigned: %s", exc)
         except KafkaError as exc:
             log.warning("checkpoint failed (%s); will retry at the next interval", exc)
+            self._dirty.update(tp for tp in offsets if tp in self.detectors)
             return
-        self._dirty.difference_update(tps)
         self.stats.checkpoints += 1
 
     def _fingerprint(self, tp: TopicPartition) -> str:
@@ -582,6 +681,7 @@ class Daemon:
 
     def _on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         revoked = [tp for tp in revoked if tp in self.detectors]
+        self._drop_encoding()
         self._checkpoint([tp for tp in revoked if tp in self._dirty], blocking=False)
         for tp in revoked:
             self.detectors.pop(tp, None)

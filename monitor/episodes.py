@@ -316,7 +316,9 @@ class _EntityEpisodes:
             "quiet": self.quiet,
             "since_event": self.since_event,
             "open_for": self.open_for,
-            "attribution": self.attribution,
+            # A copy, as everything in a snapshot: it may be encoded on another thread while
+            # this state goes on (the daemon's checkpoints).
+            "attribution": None if self.attribution is None else list(self.attribution),
             "attributed": self.attributed,
             "since_attribution": self.since_attribution,
             "risen": self.risen,

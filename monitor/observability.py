@@ -213,9 +213,16 @@ class Metrics:
         )
         self.checkpoint_seconds = Histogram(
             "monitor_checkpoint_seconds",
-            "Time of one periodic checkpoint: snapshot every entity, write, commit (the sum "
-            "of its steps, one partition per loop iteration).",
+            "Time of one periodic checkpoint: snapshot, encode and write every entity, commit "
+            "(one partition per loop iteration, encoded on a thread beside the loop).",
             buckets=_BATCH_BUCKETS_S,
+            registry=r,
+        )
+        self.checkpoint_longest_stop = Gauge(
+            "monitor_checkpoint_longest_stop_seconds",
+            "The longest the loop stopped for one step of the last periodic checkpoint that had "
+            "anything to write: one partition's snapshot, or its write and commit (the encoding "
+            "runs beside the loop).",
             registry=r,
         )
         self.threshold = _ReplacedGauge(

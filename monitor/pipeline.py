@@ -279,7 +279,10 @@ class Detector:
         return threshold
 
     def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state of windows, thresholds, routine, rhythms, episodes (not the model)."""
+        """JSON-ready state of windows, thresholds, routine, rhythms, episodes (not the model).
+
+        Everything in it is a copy: the daemon encodes it on another thread while this detector
+        goes on with the next batches."""
         return {
             "format": SNAPSHOT_FORMAT,
             "model_version": self.model.version,

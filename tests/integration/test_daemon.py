@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -329,52 +330,147 @@ def test_a_periodic_checkpoint_writes_one_partition_per_loop_iteration(
     """With a backlog on every partition, a periodic checkpoint writes its partitions one at a
     time with batches handled in between, so the loop stops for one partition's snapshot, not
     all of them; when the daemon stops, every partition is committed at its end."""
-    settings = kafka_settings.model_copy(
-        update={
-            "kafka": kafka_settings.kafka.model_copy(
-                update={"commit_interval_s": 0.1, "max_poll_records": 200}
-            )
-        }
-    )
+    settings = _backlog_settings(kafka_settings)
     ensure_topics(settings)
-    k = settings.kafka
     records = [r for e in range(12) for r in _readings(sine(300, seed=e), f"e{e}")]
-    produce(settings.bootstrap, k.readings_topic, records)
+    produce(settings.bootstrap, settings.kafka.readings_topic, records)
     timeline: list[tuple[str, int]] = []  # ("handle", readings) / ("checkpoint", partitions)
-    handle, checkpoint = Daemon._handle, Daemon._checkpoint
+    handle, write_and_commit = Daemon._handle, Daemon._write_and_commit
 
     def slow_handle(self: Daemon, batch: dict[Any, list[Any]], *args: Any) -> None:
         timeline.append(("handle", sum(len(b) for b in batch.values())))
         time.sleep(0.05)  # a backlog that lasts several checkpoint intervals
         handle(self, batch, *args)
 
-    def noted_checkpoint(self: Daemon, partitions: Any, **kwargs: Any) -> None:
-        partitions = list(partitions)
-        timeline.append(("checkpoint", len(partitions)))
-        checkpoint(self, partitions, **kwargs)
+    def noted_write_and_commit(self: Daemon, write: Any, offsets: Any, **kwargs: Any) -> None:
+        timeline.append(("checkpoint", len(offsets)))
+        write_and_commit(self, write, offsets, **kwargs)
 
     monkeypatch.setattr(Daemon, "_handle", slow_handle)
-    monkeypatch.setattr(Daemon, "_checkpoint", noted_checkpoint)
-    daemon = Daemon(settings, tiny_model, idle_stop_s=2.0)
+    monkeypatch.setattr(Daemon, "_write_and_commit", noted_write_and_commit)
+    metrics = Metrics()
+    daemon = Daemon(settings, tiny_model, idle_stop_s=2.0, metrics=metrics)
     assert daemon.run().readings_in == len(records)
+    # Idle checkpoints afterwards (nothing to write) leave the gauge at the last real one's.
+    assert metrics.value("monitor_checkpoint_longest_stop_seconds") > 0
 
     # The last call is the one at the stop, which writes whatever is left at once, as before.
-    *periodic, _ = [n for kind, n in timeline if kind == "checkpoint" and n]  # 0: nothing to do
+    *periodic, _ = [n for kind, n in timeline if kind == "checkpoint"]
     assert periodic and set(periodic) == {1}, timeline  # one partition per step
     # Steps of one checkpoint with batches between them: the loop went on meanwhile.
     kinds = "".join(kind[0] for kind, _ in timeline)
     assert "chc" in kinds, kinds
-    # Every partition committed at its end: offsets count from 0 and none can pass its end, so
-    # the sum is the number of readings only if each is. (Not end_offsets(): the embedded
-    # broker, Tansu 0.6.0, answers ListOffsets with less than the log end.)
+    assert _committed_readings(settings) == len(records)  # every partition at its end
+
+
+def _backlog_settings(kafka_settings: Settings) -> Settings:
+    """Checkpoints every 0.1 s and polls of 200 readings: a backlog spans many checkpoints."""
+    kafka = kafka_settings.kafka.model_copy(
+        update={"commit_interval_s": 0.1, "max_poll_records": 200}
+    )
+    return kafka_settings.model_copy(update={"kafka": kafka})
+
+
+def _committed_readings(settings: Settings) -> int:
+    """The sum of the group's committed offsets over the readings partitions: offsets count
+    from 0, so it equals the readings consumed only if every partition is committed at its
+    position. (Not end_offsets(): the embedded broker, Tansu 0.6.0, answers ListOffsets with
+    less than the log end.)"""
+    k = settings.kafka
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap, group_id=k.group_id, enable_auto_commit=False
     )
     try:
         tps = [TopicPartition(k.readings_topic, p) for p in range(k.partitions)]
-        assert sum(consumer.committed(tp) or 0 for tp in tps) == len(records)
+        return sum(consumer.committed(tp) or 0 for tp in tps)
     finally:
         consumer.close()
+
+
+def _held_encodings(
+    monkeypatch: pytest.MonkeyPatch, timeline: list[tuple[str, int]], gate: threading.Event
+) -> None:
+    """Hold every encoding on the daemon's encoder thread until ``gate`` is set (3 s at most),
+    noting in ``timeline`` when each starts and ends, and every commit of offsets."""
+    encode, commit = state.PartitionState.encode, KafkaConsumer.commit
+
+    def held_encode(self: state.PartitionState) -> bytes:
+        if threading.current_thread().name.startswith("monitor-checkpoint"):
+            timeline.append(("encoding", self.partition))
+            gate.wait(3.0)
+            timeline.append(("encoded", self.partition))
+        return encode(self)
+
+    def noted_commit(self: KafkaConsumer, offsets: Any = None) -> None:
+        for tp in offsets or {}:
+            timeline.append(("commit", tp.partition))
+        commit(self, offsets)
+
+    monkeypatch.setattr(state.PartitionState, "encode", held_encode)
+    monkeypatch.setattr(KafkaConsumer, "commit", noted_commit)
+
+
+def test_a_checkpoint_is_encoded_beside_the_loop_and_committed_once_written(
+    kafka_settings: Settings, tiny_model: Autoencoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a partition's snapshot is encoded on the encoder thread the loop handles batches;
+    the partition's offset is committed only after its snapshot is encoded and written."""
+    settings = _backlog_settings(kafka_settings)
+    ensure_topics(settings)
+    records = [r for e in range(12) for r in _readings(sine(300, seed=e), f"e{e}")]
+    produce(settings.bootstrap, settings.kafka.readings_topic, records)
+    timeline: list[tuple[str, int]] = []
+    gate = threading.Event()
+    _held_encodings(monkeypatch, timeline, gate)
+    handle = Daemon._handle
+
+    def noted_handle(self: Daemon, *args: Any) -> None:
+        timeline.append(("handle", 0))
+        time.sleep(0.05)  # a backlog that lasts several checkpoint intervals
+        handle(self, *args)
+        started = [i for i, (kind, _) in enumerate(timeline) if kind == "encoding"]
+        if started and [k for k, _ in timeline[started[0] :]].count("handle") >= 3:
+            gate.set()  # three batches handled while the first encoding was held
+
+    monkeypatch.setattr(Daemon, "_handle", noted_handle)
+    stats = Daemon(settings, tiny_model, idle_stop_s=2.0).run()
+
+    assert stats.readings_in == len(records)
+    kinds = [kind for kind, _ in timeline]
+    assert "encoding" in kinds, "no snapshot was encoded on the encoder thread"
+    start = kinds.index("encoding")
+    partition = timeline[start][1]
+    end = timeline.index(("encoded", partition), start)
+    assert kinds[start:end].count("handle") >= 3, timeline
+    assert ("commit", partition) not in timeline[start:end], timeline  # not before it is written
+    assert ("commit", partition) in timeline[end:], timeline
+    assert _committed_readings(settings) == len(records)
+
+
+def test_stopping_while_a_snapshot_is_encoded_checkpoints_every_partition(
+    kafka_settings: Settings, tiny_model: Autoencoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while a partition's snapshot is still being encoded drops that encoding and
+    checkpoints everything at once, that partition from a newer snapshot."""
+    settings = _backlog_settings(kafka_settings)
+    ensure_topics(settings)
+    records = [r for e in range(12) for r in _readings(sine(300, seed=e), f"e{e}")]
+    produce(settings.bootstrap, settings.kafka.readings_topic, records)
+    timeline: list[tuple[str, int]] = []
+    _held_encodings(monkeypatch, timeline, threading.Event())  # held until the stop is over
+    daemon: Daemon | None = None
+
+    def beat() -> None:
+        assert daemon is not None
+        if any(kind == "encoding" for kind, _ in timeline):
+            daemon.stop()
+
+    daemon = Daemon(settings, tiny_model, idle_stop_s=3.0, heartbeat=beat)
+    stats = daemon.run()
+
+    assert timeline and timeline[0][0] == "encoding", timeline
+    assert stats.readings_in > 0
+    assert _committed_readings(settings) == stats.readings_in
 
 
 def test_a_snapshot_of_a_format_this_version_cannot_read_starts_its_partition_afresh(

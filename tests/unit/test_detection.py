@@ -9,6 +9,7 @@ seeds it named the faulty channel in every case but one stuck sensor (named "vib
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -134,3 +135,20 @@ def test_detectors_sharing_a_model_attribute_their_episodes_in_one_call(
         for mine, theirs in zip(got, alone, strict=True):
             assert mine.entity == name
             assert mine.contributions == pytest.approx(theirs.contributions, abs=1e-6)
+
+
+def test_a_snapshot_does_not_change_as_the_detector_goes_on(machine) -> None:
+    """Everything in a snapshot is a copy: the daemon encodes it on another thread while the
+    detector processes the next batches. Cuts inside episodes (attribution sums, peaks) too."""
+    _, model, readings = machine
+    detector = Detector(model, CONFIG)
+    taken = []
+    done = 0
+    for cut in (2320, 2760, 3120, 3600):
+        detector.process(readings[done:cut])
+        done = cut
+        snapshot = detector.snapshot()
+        taken.append((snapshot, json.dumps(snapshot)))
+    detector.process(readings[done:])
+    for snapshot, text in taken:
+        assert json.dumps(snapshot) == text
