@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ import models
 from models.base import Autoencoder
 from monitor.pipeline import Detector, DetectorConfig, DetectorOutput
 from monitor.records import EpisodeEventKind, Reading, Signal
+from tests.unit.rhythm_runs import flat
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)
 STEP = timedelta(minutes=5)
@@ -46,15 +46,6 @@ def readings(values: np.ndarray) -> list[Reading]:
 
 def process(detector: Detector, rows: list[Reading]) -> list[DetectorOutput]:
     return [detector.process(rows[i : i + 100]) for i in range(0, len(rows), 100)]
-
-
-def flat(outputs: list[DetectorOutput]) -> tuple[list[Any], list[Any]]:
-    decisions = [
-        (d.window.end, d.score, d.threshold, d.anomalous, d.off_rhythm)
-        for out in outputs
-        for d in out.decisions
-    ]
-    return decisions, [e for out in outputs for e in out.events]
 
 
 def test_a_shifted_morning_is_off_rhythm_and_its_episode_names_the_rhythm(

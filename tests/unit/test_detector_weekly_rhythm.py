@@ -16,6 +16,7 @@ from models.base import Autoencoder
 from monitor.pipeline import Detector, DetectorConfig, DetectorOutput
 from monitor.records import EpisodeEventKind, Reading, Signal
 from monitor.rhythm import WEEKLY
+from tests.unit.rhythm_runs import flat
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)  # a Monday
 STEP = timedelta(minutes=5)
@@ -52,15 +53,6 @@ def rows() -> list[Reading]:
 
 def process(detector: Detector, rows: list[Reading]) -> list[DetectorOutput]:
     return [detector.process(rows[i : i + 500]) for i in range(0, len(rows), 500)]
-
-
-def flat(outputs: list[DetectorOutput]) -> tuple[list[Any], list[Any]]:
-    decisions = [
-        (d.window.end, d.score, d.threshold, d.anomalous, d.off_rhythm)
-        for out in outputs
-        for d in out.decisions
-    ]
-    return decisions, [e for out in outputs for e in out.events]
 
 
 def off_steps(decisions: list[Any]) -> list[int]:
