@@ -50,6 +50,10 @@ from statistics import NormalDist
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
+from monitor.jit import exact_sum, kernel
+
 __all__ = ["WEEKLY", "Rhythm", "RhythmConfig"]
 
 _SNAPSHOT_VERSION = 1
@@ -137,89 +141,120 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-@dataclass
-class _EntityRhythm:
-    """One entity's slot profile, recent residuals and history, channels interleaved."""
+class _States:
+    """Every entity's slot profile, recent residuals and history, one row per entity, channels
+    interleaved: the arrays :func:`_learn_windows` works on. Rows are reused once forgotten."""
 
-    profile: array  # slots x channels; NaN = slot not seen yet
-    recent: array  # average x channels: a ring of residuals
-    recent_sum: list[float]  # per channel
-    blocks: array  # history_blocks x (2 x channels): a ring of (sum ma, sum ma^2) per block
-    history: list[float]  # the completed blocks' sums, 2 x channels
-    current: list[float]  # the current block's sums, 2 x channels
-    started: float = -math.inf  # the first window's end, epoch seconds (-inf: not known)
-    filled: int = 0  # residuals in the ring (<= average)
-    at: int = 0  # next ring position
-    blocks_filled: int = 0
-    block_at: int = 0
-    current_n: int = 0
+    def __init__(self, config: RhythmConfig, channels: int) -> None:
+        self.config = config
+        self.channels = channels
+        self.rows: dict[str, int] = {}  # entity -> row, in the order entities came
+        self._free: list[int] = []
+        self._grow(0)
 
-    @classmethod
-    def fresh(cls, config: RhythmConfig, channels: int) -> _EntityRhythm:
-        return cls(
-            profile=array("d", [math.nan]) * (config.slots * channels),
-            recent=array("d", [0.0]) * (config.average * channels),
-            recent_sum=[0.0] * channels,
-            blocks=array("d", [0.0]) * (config.history_blocks * 2 * channels),
-            history=[0.0] * (2 * channels),
-            current=[0.0] * (2 * channels),
-        )
+    def _grow(self, capacity: int) -> None:
+        config, channels = self.config, self.channels
+        old = self.__dict__.get("profile")
+        shapes = {
+            "profile": (config.slots * channels, math.nan),  # NaN = slot not seen yet
+            "recent": (config.average * channels, 0.0),  # a ring of residuals
+            "recent_sum": (channels, 0.0),
+            # A ring of (sum ma, sum ma^2) per channel per block, the completed blocks' sums and
+            # the current block's.
+            "blocks": (config.history_blocks * 2 * channels, 0.0),
+            "history": (2 * channels, 0.0),
+            "current": (2 * channels, 0.0),
+            "started": (1, math.nan),  # the first window's end, epoch s; NaN: no window yet
+        }
+        for name, (width, fill) in shapes.items():
+            array_ = np.full((capacity, width), fill)
+            if old is not None:
+                kept = getattr(self, name)
+                array_[: len(kept)] = kept
+            setattr(self, name, array_)
+        # filled (residuals in the ring), at (next ring position), blocks_filled, block_at,
+        # current_n (windows in the current block).
+        counts = np.zeros((capacity, 5), dtype=np.int64)
+        if old is not None:
+            counts[: len(self.counts)] = self.counts
+        self.counts = counts
 
-    def to_dict(self) -> dict[str, Any]:
+    def row(self, entity: str) -> int:
+        """The entity's row, a fresh one for a new entity."""
+        row = self.rows.get(entity)
+        if row is None:
+            if self._free:
+                row = self._free.pop()
+            else:
+                row = len(self.rows)
+                if row == len(self.counts):
+                    self._grow(max(16, row + row // 2))
+            self.rows[entity] = row
+        return row
+
+    def forget(self, entity: str) -> None:
+        row = self.rows.pop(entity, None)
+        if row is None:
+            return
+        for name in ("recent", "recent_sum", "blocks", "history", "current"):
+            getattr(self, name)[row] = 0.0
+        self.profile[row] = math.nan
+        self.started[row] = math.nan
+        self.counts[row] = 0
+        self._free.append(row)
+
+    def to_dict(self, row: int) -> dict[str, Any]:
+        started = float(self.started[row, 0])
+        filled, at, blocks_filled, block_at, current_n = self.counts[row].tolist()
         return {
-            "profile": pack_floats(self.profile),
-            "recent": pack_floats(self.recent),
-            "blocks": pack_floats(self.blocks),
-            "current": list(self.current),
-            "filled": self.filled,
-            "at": self.at,
-            "blocks_filled": self.blocks_filled,
-            "block_at": self.block_at,
-            "current_n": self.current_n,
-            "started": self.started if math.isfinite(self.started) else None,
+            "profile": pack_floats(self.profile[row]),
+            "recent": pack_floats(self.recent[row]),
+            "blocks": pack_floats(self.blocks[row]),
+            "current": self.current[row].tolist(),
+            "filled": filled,
+            "at": at,
+            "blocks_filled": blocks_filled,
+            "block_at": block_at,
+            "current_n": current_n,
+            "started": started if math.isfinite(started) else None,
         }
 
-    @classmethod
-    def from_dict(
-        cls, data: Mapping[str, Any], config: RhythmConfig, channels: int
-    ) -> _EntityRhythm:
-        state = cls.fresh(config, channels)
+    def restore(self, entity: str, data: Mapping[str, Any]) -> None:
+        """Take the entity's state from :meth:`to_dict` output; ValueError if it does not fit."""
+        arrays = {}
         for name in ("profile", "recent", "blocks"):
             packed = unpack_floats(data[name])
-            if len(packed) != len(getattr(state, name)):
+            expected = getattr(self, name).shape[1]
+            if len(packed) != expected:
                 raise ValueError(
                     f"rhythm snapshot: {name} holds {len(packed)} values, "
-                    f"expected {len(getattr(state, name))} (another config or channel set)"
+                    f"expected {expected} (another config or channel set)"
                 )
-            setattr(state, name, packed)
-        state.current = [float(x) for x in data["current"]]
-        if len(state.current) != 2 * channels:
+            arrays[name] = packed
+        current = [float(x) for x in data["current"]]
+        if len(current) != 2 * self.channels:
             raise ValueError("rhythm snapshot: current block of another channel set")
-        state.filled = int(data["filled"])
-        state.at = int(data["at"])
-        state.blocks_filled = int(data["blocks_filled"])
-        state.block_at = int(data["block_at"])
-        state.current_n = int(data["current_n"])
+        counts = [
+            int(data[name]) for name in ("filled", "at", "blocks_filled", "block_at", "current_n")
+        ]
         # Absent from snapshots taken before the first-period rule: long started.
         started = data.get("started")
-        state.started = -math.inf if started is None else float(started)
-        state.resum_recent(channels)
-        state.resum_history(channels)
-        return state
-
-    def resum_recent(self, channels: int) -> None:
-        """Recompute the recent residuals' running sums exactly (bounds rounding drift)."""
-        for c in range(channels):
-            self.recent_sum[c] = math.fsum(self.recent[c::channels])
-
-    def resum_history(self, channels: int) -> None:
-        """Recompute the completed blocks' sums from their ring."""
-        width = 2 * channels
-        self.history = [math.fsum(self.blocks[j::width]) for j in range(width)]
+        row = self.row(entity)
+        for name, values in arrays.items():
+            getattr(self, name)[row] = values
+        self.current[row] = current
+        self.counts[row] = counts
+        self.started[row] = -math.inf if started is None else float(started)
+        # The running sums, recomputed exactly (as the kernel does when it wraps).
+        channels, width = self.channels, 2 * self.channels
+        recent, blocks = self.recent[row], self.blocks[row]
+        self.recent_sum[row] = [math.fsum(recent[c::channels]) for c in range(channels)]
+        self.history[row] = [math.fsum(blocks[j::width]) for j in range(width)]
 
 
-def pack_floats(values: array) -> str:
-    """An ``array('d')`` as base64 text of its bytes, for JSON snapshots (exact and compact)."""
+def pack_floats(values: array | np.ndarray) -> str:
+    """An ``array('d')`` or float64 array as base64 text of its bytes, for JSON snapshots
+    (exact and compact)."""
     return base64.b64encode(values.tobytes()).decode("ascii")
 
 
@@ -233,107 +268,77 @@ def unpack_floats(text: str) -> array:
 class Rhythm:
     """The rhythm signal of all entities of one channel set (see the module docstring).
 
-    ``learn_one`` takes each entity's windows in time order and says whether the window is off
-    rhythm; entities are independent. ``snapshot``/``from_snapshot`` restore the exact state.
+    :meth:`learn_many` takes each entity's windows in time order and says which are off
+    rhythm; entities are independent. The work of a batch runs in one compiled call
+    (:mod:`monitor.jit`). ``snapshot``/``from_snapshot`` restore the exact state.
     """
 
     def __init__(self, config: RhythmConfig, channels: Sequence[str]) -> None:
         self.config = config
         self.channels = tuple(channels)
-        self._entities: dict[str, _EntityRhythm] = {}
+        self._states = _States(config, len(self.channels))
         self._width = config.period_s / config.slots
         self._z = NormalDist().inv_cdf(1.0 - config.risk)
 
     def __len__(self) -> int:
-        return len(self._entities)
+        return len(self._states.rows)
 
     def learn_one(self, entity: str, end: datetime, latest: Sequence[float]) -> bool:
         """Take the window of ``entity`` ending at ``end`` whose latest reading is ``latest``
         (one value per channel, in ``channels`` order); return whether it is off rhythm."""
-        config = self.config
-        state = self._entities.get(entity)
-        n_channels = len(self.channels)
-        seconds = end.timestamp()
-        if state is None:
-            state = self._entities[entity] = _EntityRhythm.fresh(config, n_channels)
-            state.started = seconds
-        slot = int(seconds % config.period_s // self._width) % config.slots
-        profile, recent, recent_sum = state.profile, state.recent, state.recent_sum
-        history, current = state.history, state.current
-        alpha, z = config.alpha, self._z
-        base = slot * n_channels
-        if profile[base] != profile[base]:  # NaN: the slot's first reading, nothing to compare
-            for c in range(n_channels):
-                profile[base + c] = latest[c]
-            return False
-        if seconds - state.started < config.period_s:  # the first period: the profile only
-            for c in range(n_channels):
-                p = profile[base + c]
-                profile[base + c] = p + alpha * (latest[c] - p)
-            return False
-        ring = state.at * n_channels
-        full = state.filled == config.average
-        count = state.filled if full else state.filled + 1
-        past = state.blocks_filled * config.block + state.current_n
-        judge = past >= config.warm
-        off = False
-        k = 0  # 2 * c: the channel's (sum ma, sum ma^2) in history and current
-        for c in range(n_channels):
-            x = latest[c]
-            i = base + c
-            p = profile[i]
-            residual = abs(x - p)
-            profile[i] = p + alpha * (x - p)
-            j = ring + c
-            total = recent_sum[c]
-            if full:
-                total -= recent[j]
-            recent[j] = residual
-            total += residual
-            recent_sum[c] = total
-            ma = total / count
-            # Once one channel is off the window is; below the mean it cannot be (z > 0).
-            if judge and not off:
-                mean = (history[k] + current[k]) / past
-                if ma > mean:
-                    variance = (history[k + 1] + current[k + 1]) / past - mean * mean
-                    if variance > 0.0 and ma > mean + z * math.sqrt(variance):
-                        off = True
-            current[k] += ma
-            current[k + 1] += ma * ma
-            k += 2
-        state.filled = count
-        state.at += 1
-        if state.at == config.average:
-            state.at = 0
-            state.resum_recent(n_channels)
-        state.current_n += 1
-        if state.current_n == config.block:
-            self._close_block(state, n_channels)
-        return off
+        values = np.asarray(latest, dtype=np.float64).reshape(1, len(self.channels))
+        return bool(self.learn_many([entity], [end.timestamp()], values)[0])
 
-    def _close_block(self, state: _EntityRhythm, n_channels: int) -> None:
-        width = 2 * n_channels
-        start = state.block_at * width
-        state.blocks[start : start + width] = array("d", state.current)
-        state.current = [0.0] * width
-        state.current_n = 0
-        state.block_at = (state.block_at + 1) % self.config.history_blocks
-        state.blocks_filled = min(state.blocks_filled + 1, self.config.history_blocks)
-        state.resum_history(n_channels)
+    def learn_many(
+        self, entities: Sequence[str], ends: Sequence[float], latest: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`learn_one` over windows in order: ``ends`` in epoch seconds, ``latest`` as a
+        (windows, channels) array. Returns whether each window is off rhythm (bool array)."""
+        states = self._states
+        row = states.row
+        rows = np.fromiter((row(entity) for entity in entities), np.int64, len(entities))
+        off = np.zeros(len(rows), dtype=np.bool_)
+        if not len(rows):
+            return off
+        config = self.config
+        _learn_windows(
+            rows,
+            np.asarray(ends, dtype=np.float64),
+            np.ascontiguousarray(latest, dtype=np.float64),
+            states.profile,
+            states.recent,
+            states.recent_sum,
+            states.blocks,
+            states.history,
+            states.current,
+            states.started,
+            states.counts,
+            float(config.period_s),
+            config.slots,
+            self._width,
+            float(config.alpha),
+            config.average,
+            config.block,
+            config.history_blocks,
+            config.warm,
+            self._z,
+            off,
+        )
+        return off
 
     def forget(self, entities: Iterable[str]) -> None:
         """Drop these entities' state."""
         for name in entities:
-            self._entities.pop(name, None)
+            self._states.forget(name)
 
     def snapshot(self) -> dict[str, Any]:
         """The state as a JSON-serialisable dict (arrays packed as base64 of float64)."""
+        states = self._states
         return {
             "version": _SNAPSHOT_VERSION,
             "config": self.config.to_dict(),
             "channels": list(self.channels),
-            "entities": {name: state.to_dict() for name, state in self._entities.items()},
+            "entities": {name: states.to_dict(row) for name, row in states.rows.items()},
         }
 
     @classmethod
@@ -361,10 +366,111 @@ class Rhythm:
                 f"not {list(rhythm.channels)}"
             )
         try:
-            rhythm._entities = {
-                str(name): _EntityRhythm.from_dict(data, config, len(rhythm.channels))
-                for name, data in snapshot["entities"].items()
-            }
+            for name, data in snapshot["entities"].items():
+                rhythm._states.restore(str(name), data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed rhythm snapshot: {exc}") from exc
         return rhythm
+
+
+@kernel
+def _learn_windows(
+    rows: np.ndarray,
+    ends: np.ndarray,
+    latest: np.ndarray,
+    profile: np.ndarray,
+    recent: np.ndarray,
+    recent_sum: np.ndarray,
+    blocks: np.ndarray,
+    history: np.ndarray,
+    current: np.ndarray,
+    started: np.ndarray,
+    counts: np.ndarray,
+    period_s: float,
+    slots: int,
+    slot_width: float,
+    alpha: float,
+    average: int,
+    block: int,
+    history_blocks: int,
+    warm: int,
+    z: float,
+    off: np.ndarray,
+) -> None:
+    """The rhythm's rule for each window ``i`` of entity row ``rows[i]``, in order: learn it
+    into the row's state and set ``off[i]`` when it is off rhythm (see the module docstring)."""
+    n_channels = latest.shape[1]
+    width = 2 * n_channels
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        seconds = ends[i]
+        if started[r, 0] != started[r, 0]:  # NaN: the entity's first window
+            started[r, 0] = seconds
+        slot = int(seconds % period_s // slot_width) % slots
+        base = slot * n_channels
+        if profile[r, base] != profile[r, base]:  # NaN: the slot's first reading
+            for c in range(n_channels):
+                profile[r, base + c] = latest[i, c]
+            continue
+        if seconds - started[r, 0] < period_s:  # the first period: the profile only
+            for c in range(n_channels):
+                p = profile[r, base + c]
+                profile[r, base + c] = p + alpha * (latest[i, c] - p)
+            continue
+        filled = counts[r, 0]
+        at = counts[r, 1]
+        blocks_filled = counts[r, 2]
+        current_n = counts[r, 4]
+        ring = at * n_channels
+        full = filled == average
+        count = filled if full else filled + 1
+        past = blocks_filled * block + current_n
+        judge = past >= warm
+        flag = False
+        k = 0  # 2 * c: the channel's (sum ma, sum ma^2) in history and current
+        for c in range(n_channels):
+            x = latest[i, c]
+            j = base + c
+            p = profile[r, j]
+            residual = abs(x - p)
+            profile[r, j] = p + alpha * (x - p)
+            j = ring + c
+            total = recent_sum[r, c]
+            if full:
+                total -= recent[r, j]
+            recent[r, j] = residual
+            total += residual
+            recent_sum[r, c] = total
+            ma = total / count
+            # Once one channel is off the window is; below the mean it cannot be (z > 0).
+            if judge and not flag:
+                mean = (history[r, k] + current[r, k]) / past
+                if ma > mean:
+                    variance = (history[r, k + 1] + current[r, k + 1]) / past - mean * mean
+                    if variance > 0.0 and ma > mean + z * math.sqrt(variance):
+                        flag = True
+            current[r, k] += ma
+            current[r, k + 1] += ma * ma
+            k += 2
+        off[i] = flag
+        counts[r, 0] = count
+        at += 1
+        if at == average:
+            at = 0
+            # Recompute the running sums exactly (bounds rounding drift).
+            for c in range(n_channels):
+                recent_sum[r, c] = exact_sum(recent[r, c::n_channels])
+        counts[r, 1] = at
+        current_n += 1
+        if current_n == block:
+            # Close the block: into the ring, and the completed blocks' sums recomputed.
+            start = counts[r, 3] * width
+            for j in range(width):
+                blocks[r, start + j] = current[r, j]
+                current[r, j] = 0.0
+            current_n = 0
+            counts[r, 3] = (counts[r, 3] + 1) % history_blocks
+            counts[r, 2] = min(blocks_filled + 1, history_blocks)
+            for j in range(width):
+                history[r, j] = exact_sum(blocks[r, j::width])
+        counts[r, 4] = current_n
