@@ -13,19 +13,14 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["COMPILED", "exact_sum", "kernel"]
+__all__ = ["exact_sum", "kernel"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 try:
-    from numba import config as _numba_config
     from numba import njit as _njit
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
     _njit = None
-    _numba_config = None
-
-#: Whether kernels run compiled.
-COMPILED = _njit is not None and not getattr(_numba_config, "DISABLE_JIT", False)
 
 
 def kernel(function: F) -> F:

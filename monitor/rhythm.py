@@ -153,8 +153,8 @@ class _States:
         self._grow(0)
 
     def _grow(self, capacity: int) -> None:
+        """Room for ``capacity`` rows, keeping the rows there are (none at the first call)."""
         config, channels = self.config, self.channels
-        old = self.__dict__.get("profile")
         shapes = {
             "profile": (config.slots * channels, math.nan),  # NaN = slot not seen yet
             "recent": (config.average * channels, 0.0),  # a ring of residuals
@@ -166,18 +166,15 @@ class _States:
             "current": (2 * channels, 0.0),
             "started": (1, math.nan),  # the first window's end, epoch s; NaN: no window yet
         }
+        # counts: filled (residuals in the ring), at (next ring position), blocks_filled,
+        # block_at, current_n (windows in the current block).
+        shapes["counts"] = (5, 0)
         for name, (width, fill) in shapes.items():
-            array_ = np.full((capacity, width), fill)
-            if old is not None:
-                kept = getattr(self, name)
-                array_[: len(kept)] = kept
-            setattr(self, name, array_)
-        # filled (residuals in the ring), at (next ring position), blocks_filled, block_at,
-        # current_n (windows in the current block).
-        counts = np.zeros((capacity, 5), dtype=np.int64)
-        if old is not None:
-            counts[: len(self.counts)] = self.counts
-        self.counts = counts
+            grown = np.full((capacity, width), fill, dtype=np.int64 if name == "counts" else None)
+            kept = getattr(self, name, None)
+            if kept is not None:
+                grown[: len(kept)] = kept
+            setattr(self, name, grown)
 
     def row(self, entity: str) -> int:
         """The entity's row, a fresh one for a new entity."""
