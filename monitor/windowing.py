@@ -826,6 +826,11 @@ class Windower:
             return []
         windows: list[Window] = []
         step = state.scan_k + 1
+        if step < state.rows_k0:
+            # The first unchecked row was evicted while incomplete: its missing channel (one
+            # that has not come for more than the rows kept) will restart the segment when it
+            # comes, and until then no window can be complete.
+            return []
         while step <= k:
             row = rows[step - state.rows_k0]
             if None in row:

@@ -205,6 +205,22 @@ def test_missing_channel_beyond_fill_limit_blocks_windows() -> None:
     assert [w.end for w in windows] == [at(2), at(8), at(9)]
 
 
+@pytest.mark.parametrize("missing_from", [0, 4])
+def test_channel_missing_for_longer_than_the_rows_kept_blocks_windows(missing_from: int) -> None:
+    # b never comes (from the first reading, or after a window): its incomplete rows are
+    # evicted (length + max_fill_steps + 1 rows are kept), which must not break the windower;
+    # windows come back once b has been there for a window length.
+    config = WindowConfig(length=2, interval_s=1.0, max_fill_steps=0, channels=("a", "b"))
+    windower = Windower(config)
+    readings = [reading(t, {"a": float(t), "b": 0.0}) for t in range(missing_from)]
+    readings += [reading(t, {"a": float(t)}) for t in range(missing_from, 12)]
+    readings += [reading(t, {"a": float(t), "b": 1.0}) for t in range(12, 15)]
+    admissions, windows = feed(windower, readings)
+    assert admissions == [Admission.ACCEPTED] * len(readings)
+    before = [at(t) for t in range(1, missing_from)]
+    assert [w.end for w in windows] == [*before, at(13), at(14)]
+
+
 def test_interval_is_inferred_from_the_first_readings() -> None:
     windower = Windower(WindowConfig(length=3, interval_s=None))
     times = [0, 5, 10, 20, 25, 30]  # one missing reading among the first four
