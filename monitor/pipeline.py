@@ -21,7 +21,7 @@ from monitor.records import AnomalyEvent, Reading, Window, WindowDecision
 from monitor.rhythm import WEEKLY, Rhythm, RhythmConfig
 from monitor.routine import Routine, RoutineConfig
 from monitor.thresholds import Threshold, ThresholdConfig, make_threshold, threshold_from_snapshot
-from monitor.windowing import WindowConfig, Windower
+from monitor.windowing import WindowConfig, Windower, Windows
 
 __all__ = [
     "Detector",
@@ -171,7 +171,7 @@ class Detector:
 
     def collect(
         self, readings: Sequence[Reading], out: DetectorOutput, *, first: int = 0
-    ) -> list[Window]:
+    ) -> Windows:
         """First half of :meth:`process`: window the readings, return the completed windows.
 
         ``first`` is the index of ``readings[0]`` among the readings ``out`` reports on (its
@@ -182,11 +182,19 @@ class Detector:
         out.rejected.extend((first + index, admission.value) for index, admission in refused)
         return windows
 
-    def judge(self, windows: Sequence[Window], scores: Scores, out: DetectorOutput) -> None:
+    def judge(
+        self,
+        windows: Sequence[Window],
+        scores: Scores,
+        out: DetectorOutput,
+        *,
+        values: np.ndarray | None = None,
+    ) -> None:
         """Second half of :meth:`process`: compare scored windows with thresholds, run episodes.
 
         Windows are judged in the order they were completed: per entity that is time order,
-        which the thresholds and episodes rely on.
+        which the thresholds and episodes rely on. ``values`` are the windows' values stacked
+        (n, time, channels), when the caller has them.
         """
         version = self.model.version
         thresholds = self.thresholds
@@ -198,7 +206,7 @@ class Detector:
         channel, step = scores.channel, scores.step
         # The rhythms learn every window whatever else is decided: the whole batch in one call
         # each, before the windows are judged in order.
-        off_rhythm_flags = self._off_rhythm(windows)
+        off_rhythm_flags = self._off_rhythm(windows, values)
         for i, window in enumerate(windows):
             entity = window.entity
             threshold = thresholds.get(entity)
@@ -234,14 +242,18 @@ class Detector:
             decisions.append(decision)
             episodes.push(decision)
 
-    def _off_rhythm(self, windows: Sequence[Window]) -> list[bool]:
-        """Whether each window is off either rhythm (both learn every window)."""
+    def _off_rhythm(self, windows: Sequence[Window], values: np.ndarray | None) -> list[bool]:
+        """Whether each window is off either rhythm (both learn every window); ``values`` as
+        in :meth:`judge`."""
         rhythms = [r for r in (self.rhythm, self.weekly_rhythm) if r is not None]
         if not rhythms or not windows:
             return [False] * len(windows)
         entities = [w.entity for w in windows]
         ends = [w.end.timestamp() for w in windows]
-        latest = np.array([w.values[-1] for w in windows], dtype=np.float64)
+        if values is None:
+            latest = np.array([w.values[-1] for w in windows], dtype=np.float64)
+        else:
+            latest = np.ascontiguousarray(values[:, -1, :], dtype=np.float64)
         off = rhythms[0].learn_many(entities, ends, latest)
         for rhythm in rhythms[1:]:
             off |= rhythm.learn_many(entities, ends, latest)
@@ -441,22 +453,29 @@ def process_in_stages(
     """
     outputs = {key: DetectorOutput() for key in detectors}
     taken: dict[K, int] = {}
-    # The stages that completed windows, in order, with their scores' future when scoring ahead.
-    stages_windowed: deque[tuple[Detector, DetectorOutput, list[Window], Future[Scores] | None]]
+    # The stages that completed windows, in order: their windows, the windows' values stacked,
+    # and their scores' future when scoring ahead.
+    stages_windowed: deque[
+        tuple[Detector, DetectorOutput, list[Window], np.ndarray, Future[Scores] | None]
+    ]
     stages_windowed = deque()
     judged: dict[int, tuple[Detector, DetectorOutput]] = {}
     model: Autoencoder | None = None
 
     def judge(
-        detector: Detector, out: DetectorOutput, windows: list[Window], scores: Scores
+        detector: Detector,
+        out: DetectorOutput,
+        windows: list[Window],
+        stacked: np.ndarray,
+        scores: Scores,
     ) -> None:
-        detector.judge(windows, scores, out)
+        detector.judge(windows, scores, out, values=stacked)
         judged.setdefault(id(detector), (detector, out))
 
     def judge_oldest() -> None:
-        detector, out, windows, future = stages_windowed.popleft()
+        detector, out, windows, stacked, future = stages_windowed.popleft()
         assert future is not None
-        judge(detector, out, windows, future.result())
+        judge(detector, out, windows, stacked, future.result())
 
     for key, readings in stages:
         detector, out = detectors[key], outputs[key]
@@ -469,13 +488,13 @@ def process_in_stages(
             model = detector.model
         elif detector.model is not model:
             raise ValueError("detectors scored together must share one model")
+        stacked = _stacked(windows)
         future = None
         if scorer is not None:
-            stacked = np.stack([w.values for w in windows])
             future = scorer.submit(
                 _score_stacked, model, stacked, detector.config.max_batch_windows
             )
-        stages_windowed.append((detector, out, windows, future))
+        stages_windowed.append((detector, out, windows, stacked, future))
         if scorer is not None and len(stages_windowed) > 1:
             judge_oldest()  # while the scorer works on this stage
     if model is None:
@@ -484,12 +503,14 @@ def process_in_stages(
         while stages_windowed:
             judge_oldest()
     else:
-        chunk = min(d.config.max_batch_windows for d, _, _, _ in stages_windowed)
-        flat = [w for _, _, windows, _ in stages_windowed for w in windows]
-        scores = _score_windows(model, flat, chunk)
+        chunk = min(d.config.max_batch_windows for d, _, _, _, _ in stages_windowed)
+        parts = [stacked for _, _, _, stacked, _ in stages_windowed]
+        scores = _score_stacked(
+            model, parts[0] if len(parts) == 1 else np.concatenate(parts), chunk
+        )
         offset = 0
-        for detector, out, windows, _ in stages_windowed:
-            judge(detector, out, windows, scores.rows(offset, offset + len(windows)))
+        for detector, out, windows, stacked, _ in stages_windowed:
+            judge(detector, out, windows, stacked, scores.rows(offset, offset + len(windows)))
             offset += len(windows)
 
     settling = list(judged.values())
@@ -503,20 +524,17 @@ def process_in_stages(
     return outputs
 
 
-def _score_windows(model: Autoencoder, windows: Sequence[Window], chunk: int) -> Scores:
-    """The model's scores of the windows, in calls of at most ``chunk`` windows."""
-    # Raw float64: the model normalises in float64, as it did its training data. Rounding raw
-    # values to float32 first would blur a channel far from zero (at 1e8, steps of 8).
-    return _joined(
-        [
-            model.score(np.stack([w.values for w in windows[start : start + chunk]]))
-            for start in range(0, len(windows), chunk)
-        ]
-    )
+def _stacked(windows: Sequence[Window]) -> np.ndarray:
+    """The windows' values as one (n, time, channels) array: the windower's when it made them
+    as one (:class:`monitor.windowing.Windows`), else stacked here."""
+    values = getattr(windows, "values", None)
+    if isinstance(values, np.ndarray) and len(values) == len(windows):
+        return values
+    return np.stack([w.values for w in windows])
 
 
 def _score_stacked(model: Autoencoder, stacked: np.ndarray, chunk: int) -> Scores:
-    """:func:`_score_windows` of windows already stacked: what the scoring thread runs. The
+    """The model's scores of stacked windows, in calls of at most ``chunk`` windows. The
     stacking stays on the caller's thread, because it holds the GIL all along (an array per
     window) and the scoring thread waited for the GIL more than it computed."""
     return _joined(

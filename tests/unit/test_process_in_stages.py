@@ -8,6 +8,7 @@ windows, scores, events and refusals (with indices into each key's whole batch).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,14 @@ import pytest
 import torch
 
 import models
-from monitor.pipeline import Detector, DetectorConfig, process_in_stages, process_together
+from monitor import windowing
+from monitor.pipeline import (
+    Detector,
+    DetectorConfig,
+    DetectorOutput,
+    process_in_stages,
+    process_together,
+)
 from monitor.records import Reading
 
 CHANNELS = ("a", "b", "c")
@@ -145,11 +153,11 @@ def test_the_next_stage_is_taken_while_the_scoring_thread_scores(model, monkeypa
     judge = detector.judge
     judged = 0
 
-    def judging(windows, scores, out) -> None:
+    def judging(windows, scores, out, **kwargs) -> None:
         nonlocal judged
         log.append(("judge", judged))
         judged += 1
-        judge(windows, scores, out)
+        judge(windows, scores, out, **kwargs)
 
     monkeypatch.setattr(detector, "judge", judging)
     readings = _batches()[0]["p1"]
@@ -186,3 +194,48 @@ def test_detectors_of_different_models_are_refused(model) -> None:
     batch = _batches()[0]
     with pytest.raises(ValueError, match="share one model"):
         process_together(detectors, batch)
+
+
+def test_the_windowers_lane_changes_no_decision(model, monkeypatch) -> None:
+    """The detectors with the windower's compiled lane (and the values it stacks, which the
+    scoring and the rhythms take) decide what they decide with only the Python windowing."""
+
+    def run(lane: bool) -> tuple[list, list[str], dict[str, Detector]]:
+        monkeypatch.setattr(windowing, "_LANE", lane)
+        monkeypatch.setattr(windowing, "_STEADY_FAST_PATH", lane)
+        detectors = {key: Detector(model, CONFIG) for key in ("p0", "p1")}
+        outputs = []
+        with ThreadPoolExecutor(max_workers=1) as scorer:
+            for batch in _batches():
+                outputs.append(process_in_stages(detectors, _stages(batch, 137), scorer=scorer))
+        snapshots = [json.dumps(d.snapshot(), sort_keys=True) for d in detectors.values()]
+        return outputs, snapshots, detectors
+
+    with_lane, snapshots, detectors = run(True)
+    without, expected_snapshots, _ = run(False)
+    assert all(d.windower._lane is not None and d.windower._lane.rows for d in detectors.values())
+    assert _decided(with_lane) == _decided(without)
+    assert [
+        (d.score, d.threshold) for b in with_lane for out in b.values() for d in out.decisions
+    ] == [(d.score, d.threshold) for b in without for out in b.values() for d in out.decisions]
+    assert snapshots == expected_snapshots
+
+
+def test_judging_with_the_stacked_values_is_judging_without(model) -> None:
+    """``judge(values=...)`` (the rhythms take each window's last row from the stacked values)
+    leaves every part of the detector as judging the windows alone does."""
+    alone, stacked = Detector(model, CONFIG), Detector(model, CONFIG)
+    for batch in _batches():
+        readings = batch["p0"]
+        for detector, give in ((alone, False), (stacked, True)):
+            out = DetectorOutput()
+            windows = detector.collect(readings, out)
+            values = np.stack([w.values for w in windows])
+            # A last row unlike the rest, so that taking another row would show.
+            assert not np.array_equal(values[:, -1], values[:, -2])
+            scores = model.score(values)
+            detector.judge(windows, scores, out, values=values if give else None)
+            detector.settle(out)
+    assert json.dumps(stacked.snapshot(), sort_keys=True) == json.dumps(
+        alone.snapshot(), sort_keys=True
+    )
