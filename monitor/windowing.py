@@ -837,11 +837,9 @@ class Windower:
                 name = readings[index].entity
                 if name in lane_rows:
                     self._leave_lane(lane, name)
-            left = np.ones(len(readings), dtype=np.bool_)
-            left[at_array[took]] = False
-            rest = np.flatnonzero(left).tolist()
-        else:
-            rest = np.setdiff1d(np.arange(len(readings)), at_array, assume_unique=True).tolist()
+        left = np.ones(len(readings), dtype=np.bool_)
+        left[at_array[took]] = False
+        rest = np.flatnonzero(left).tolist()
         windows: list[tuple[int, Window]] = []
         if not made:
             return windows, None, rest
