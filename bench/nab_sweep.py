@@ -378,6 +378,18 @@ ROUND6: dict[str, dict[str, Any]] = _variants(
     r6_daily_warm576=({"detector": {"rhythm": {"warm": 576}}}),
 )
 
+# Seventh round: frames. The LSTM's cost grows with its steps, one a reading; with
+# ``max_steps`` a longer window is read in frames of several readings a step. The package
+# default window (16) is untouched by ``max_steps=16``; these rows check what frames cost in
+# detection at window 64, where they cut the model's time per window ~3.5x.
+ROUND7: dict[str, dict[str, Any]] = _variants(
+    BEST,
+    r7_w64=({"model": {"window": 64}}),
+    r7_w64_steps16=({"model": {"window": 64, "max_steps": 16}}),
+    r7_w32_steps16=({"model": {"window": 32, "max_steps": 16}}),
+    r7_w16_steps8=({"model": {"max_steps": 8}}),
+)
+
 # Finalists and baselines, for more seeds.
 SEEDS: dict[str, dict[str, Any]] = {
     "defaults": COARSE["defaults"],
@@ -399,6 +411,7 @@ GRIDS: dict[str, dict[str, dict[str, Any]]] = {
     "round4": ROUND4,
     "round5": ROUND5,
     "round6": ROUND6,
+    "round7": ROUND7,
 }
 GRIDS["all"] = {
     name: c
@@ -412,6 +425,7 @@ GRIDS["all"] = {
         "round4",
         "round5",
         "round6",
+        "round7",
     )
     for name, c in GRIDS[grid].items()
 }

@@ -50,10 +50,12 @@ class VariationalNetwork(Network):
         c = config
         self.elements = c.window * channels
         self.beta = c.beta
-        self.encoder = LSTMEncoder(channels, c.hidden_size, c.num_layers)
+        self.encoder = LSTMEncoder(channels, c.hidden_size, c.num_layers, c.frame, c.steps)
         self.to_mean = nn.Linear(c.hidden_size, c.latent_size)
         self.to_log_var = nn.Linear(c.hidden_size, c.latent_size)
-        self.decoder = LSTMDecoder(c.latent_size, c.hidden_size, c.num_layers, channels, c.window)
+        self.decoder = LSTMDecoder(
+            c.latent_size, c.hidden_size, c.num_layers, channels, c.window, c.frame
+        )
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance (batch, latent) of q(z | x)."""

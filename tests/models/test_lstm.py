@@ -305,3 +305,76 @@ def test_bad_inputs_raise_clear_errors(model: LSTMAutoencoder) -> None:
 
 def test_torch_thread_setting_is_left_alone(model: LSTMAutoencoder) -> None:
     assert torch.get_num_threads() == 1
+
+
+# -- frames ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "max_steps", "frame", "steps"),
+    [
+        (64, 0, 1, 64),
+        (64, 16, 4, 16),
+        (16, 16, 1, 16),
+        (8, 16, 1, 8),
+        (67, 16, 5, 14),
+        (25, 8, 4, 7),
+    ],
+)
+def test_frames_cover_the_window_in_at_most_max_steps(
+    window: int, max_steps: int, frame: int, steps: int
+) -> None:
+    config = LSTMAutoencoderConfig(window=window, latent_size=4, max_steps=max_steps)
+    assert (config.frame, config.steps) == (frame, steps)
+    assert steps <= (max_steps or window) and frame * steps >= window > frame * (steps - 1)
+    network = models.build("lstm", channels=CHANNELS, **config.to_dict())._build_network()
+    assert network.encoder.lstm.input_size == frame * len(CHANNELS)
+    x = torch.randn(3, window, len(CHANNELS))
+    assert network(x).shape == (3, window, len(CHANNELS))
+
+
+def test_a_padded_frame_repeats_the_first_reading() -> None:
+    """The padded front is the first reading repeated, so a window and the same window with
+    its first reading repeated in front encode alike when both fill the same frames."""
+    network = models.build(
+        "lstm", channels=("value",), window=7, latent_size=2, max_steps=2
+    )._build_network()  # frames of 4: one padded reading
+    padded = models.build(
+        "lstm", channels=("value",), window=8, latent_size=2, max_steps=2
+    )._build_network()
+    padded.load_state_dict(network.state_dict())
+    x = torch.randn(2, 7, 1)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(
+            network.encode(x).numpy(), padded.encode(torch.cat((x[:, :1], x), dim=1)).numpy()
+        )
+
+
+def test_max_steps_at_or_above_the_window_is_the_plain_lstm(train_series: np.ndarray) -> None:
+    """A window no longer than max_steps keeps one reading a step: the same weights and scores as
+    without max_steps (the package default window, 16, is not changed by max_steps=16)."""
+    options = {"latent_size": 4, "hidden_size": 8, "epochs": 2, "max_train_windows": 128}
+    plain = models.build("lstm", channels=CHANNELS, window=16, **options)
+    framed = models.build("lstm", channels=CHANNELS, window=16, max_steps=16, **options)
+    plain.fit(train_series[:400], seed=3)
+    framed.fit(train_series[:400], seed=3)
+    windows = np.lib.stride_tricks.sliding_window_view(train_series[400:600], 16, axis=0)
+    windows = np.ascontiguousarray(windows.transpose(0, 2, 1))
+    np.testing.assert_array_equal(plain.score(windows).window, framed.score(windows).window)
+
+
+def test_a_model_saved_before_frames_loads_as_the_plain_lstm(
+    model: LSTMAutoencoder, saved: Path, tmp_path: Path, normal_windows: np.ndarray
+) -> None:
+    """Artefacts written before max_steps existed have no such key: one reading a step."""
+    copy = _copy(saved, tmp_path)
+    config = json.loads((copy / "config.json").read_text())
+    assert config["config"].pop("max_steps") == 0
+    _rewrite_with_checksum(copy, "config.json", json.dumps(config).encode())
+    loaded = models.load(copy)
+    assert loaded.config.frame == 1
+    np.testing.assert_array_equal(
+        loaded.score(normal_windows).window, model.score(normal_windows).window
+    )
+    with pytest.raises(ModelConfigError, match="max_steps"):
+        LSTMAutoencoderConfig(max_steps=-1)

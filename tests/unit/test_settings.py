@@ -74,11 +74,11 @@ def test_a_dict_setting_is_merged_over_the_defaults_chosen_on_nab(
     plain = load_settings()
     assert plain.detector.threshold == {"spot_q": 3e-3, "rebaseline_after": 50}
     assert plain.model.window == 16
-    assert plain.model.hyperparameters == {"latent_size": 8, "hidden_size": 16}
+    assert plain.model.hyperparameters == {"latent_size": 8, "hidden_size": 16, "max_steps": 16}
     monkeypatch.setenv("MONITOR_DETECTOR__THRESHOLD", '{"spot_q": 1e-4}')
     settings = load_settings(model={"hyperparameters": {"hidden_size": 8}})
     assert settings.detector.threshold == {"spot_q": 1e-4, "rebaseline_after": 50}
-    assert settings.model.hyperparameters == {"latent_size": 8, "hidden_size": 8}
+    assert settings.model.hyperparameters == {"latent_size": 8, "hidden_size": 8, "max_steps": 16}
     assert settings.detector.episodes == {"open_after": 2, "open_within": 2}
 
 
