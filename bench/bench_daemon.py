@@ -5,8 +5,8 @@ minute with small counts and proves only that every figure is produced). The bro
 as everywhere else (``--bootstrap`` or ``MONITOR_BOOTSTRAP``, else testcontainers, else the
 embedded Tansu broker); every run uses fresh uuid topics. The model is the daemon's
 default (``model.hyperparameters``: an LSTM autoencoder of 16 hidden units and a latent code of
-8; ``--kind`` for another variant) at window 64, fitted for 2 epochs on a noisy sine; windows
-have stride 1.
+8 that reads a window of 64 in 16 frames of 4 readings, ``max_steps``; ``--kind`` for another
+variant) at window 64, fitted for 2 epochs on a noisy sine; windows have stride 1.
 Torch uses one thread (``--threads``) here and in the daemon processes (``OMP_NUM_THREADS``).
 The garbage collector is tuned here as ``monitor run`` tunes it (``monitor.daemon.tune_gc``)
 before anything is measured, so a, b, c and d all run with the same settings.
@@ -687,6 +687,14 @@ def _fmt(x: float | None, spec: str = ",.0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _steps(model: TorchAutoencoder) -> str:
+    """How a recurrent model steps over a window, for the report ("" for the others)."""
+    frame = getattr(model.config, "frame", None)
+    if frame is None:
+        return ""
+    return f"; the model steps {model.config.steps} times, {frame} reading(s) a step"
+
+
 def report(results: dict[str, Any]) -> str:
     lines = [
         "",
@@ -698,7 +706,7 @@ def report(results: dict[str, Any]) -> str:
     if tp:
         lines += [
             "",
-            "1. Throughput, readings/s (window 64, stride 1)",
+            f"1. Throughput, readings/s (window 64, stride 1{results.get('model_steps', '')})",
             f"{'channels':>8} {'a: bare':>10} {'b: daemon':>10} {'c: naive':>10} "
             f"{'d: model':>10} {'b/a':>6} {'b/c':>6} {'b/c of runs':>12} {'serial ceil.':>12}",
         ]
@@ -893,6 +901,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if channels not in fitted:
                 where = workdir / f"model-{channels}ch"
                 fitted[channels] = fit_model(channels, where, kind=args.kind, epochs=plan.epochs)
+                results.setdefault("model_steps", _steps(fitted[channels]))
             return fitted[channels]
 
         print(f"broker: {kind} at {bootstrap}", flush=True)
