@@ -276,12 +276,28 @@ class ModelSettings(_Section):
     hyperparameters: dict[str, Any] = Field(
         default_factory=lambda: dict(_NAB_HYPERPARAMETERS),
         description="overrides of the variant's Config defaults (keys given are merged over the "
-        "default, chosen on NAB)",
+        "default, chosen on NAB for lstm; another kind takes the keys of it that its Config has)",
     )
 
-    _merge_hyperparameters = field_validator("hyperparameters", mode="before")(
-        lambda value: _over(_NAB_HYPERPARAMETERS, value)
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _nab_defaults_the_kind_has(cls, data: Any) -> Any:
+        """The hyper-parameters chosen on NAB (for the LSTM) that the kind's Config has, under the
+        keys given: a dense model takes the latent size but has no ``hidden_size``."""
+        if not isinstance(data, dict):
+            return data
+        kind = data.get("kind", "lstm")
+        given = data.get("hyperparameters")
+        if kind == "lstm":
+            defaults = _NAB_HYPERPARAMETERS
+        else:
+            from models import KINDS
+
+            if kind not in KINDS:
+                return data  # the kind's own validation says what is wrong
+            known = {f.name for f in dataclasses.fields(KINDS[kind].config_class)}
+            defaults = {k: v for k, v in _NAB_HYPERPARAMETERS.items() if k in known}
+        return {**data, "hyperparameters": _over(defaults, {} if given is None else given)}
 
 
 class DetectorSettings(_Section):

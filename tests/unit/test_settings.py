@@ -82,6 +82,31 @@ def test_a_dict_setting_is_merged_over_the_defaults_chosen_on_nab(
     assert settings.detector.episodes == {"open_after": 2, "open_within": 2}
 
 
+@pytest.mark.parametrize("kind", ["lstm", "dense", "conv", "vae"])
+def test_every_kind_builds_from_the_default_hyperparameters(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NAB defaults are the LSTM's: another kind takes those its Config has (a dense model
+    has no hidden_size), whether the kind comes from a file, the CLI or the environment."""
+    import models
+
+    monkeypatch.setenv("MONITOR_MODEL__KIND", kind)
+    settings = load_settings().model
+    expected = {
+        "lstm": {"latent_size": 8, "hidden_size": 16, "max_steps": 16},
+        "vae": {"latent_size": 8, "hidden_size": 16, "max_steps": 16},
+        "dense": {"latent_size": 8},
+        "conv": {"latent_size": 8},
+    }
+    assert settings.hyperparameters == expected[kind]
+    model = models.build(
+        kind, channels=("value",), window=settings.window, **settings.hyperparameters
+    )
+    assert model.kind == kind
+    given = load_settings(model={"kind": kind, "hyperparameters": {"latent_size": 4}}).model
+    assert given.hyperparameters == {**expected[kind], "latent_size": 4}
+
+
 def test_the_weekly_rhythm_setting_keeps_its_week_when_one_key_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
