@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["exact_sum", "kernel"]
+__all__ = ["EntityRows", "exact_sum", "kernel"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +29,53 @@ def kernel(function: F) -> F:
     if _njit is None:  # pragma: no cover
         return function
     return _njit(cache=True, nogil=True)(function)  # type: ignore[no-any-return]
+
+
+class EntityRows:
+    """Per-entity state for a kernel: one row of each array per entity, rows of forgotten
+    entities reused, the arrays grown by half when full.
+
+    A subclass names its arrays in :meth:`_arrays` (a row's shape, dtype and initial value) and
+    sets what that needs before calling ``EntityRows.__init__``.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}  # entity -> row
+        self._free: list[int] = []
+        self.capacity = 0
+        self._grow(0)
+
+    def _arrays(self) -> dict[str, tuple[tuple[int, ...], Any, float]]:
+        """name -> (a row's shape, dtype, initial value) of every array."""
+        raise NotImplementedError
+
+    def _grow(self, capacity: int) -> None:
+        """Room for ``capacity`` rows, keeping the rows there are (none at the first call)."""
+        for name, (shape, dtype, fill) in self._arrays().items():
+            grown = np.full((capacity, *shape), fill, dtype=dtype)
+            kept = getattr(self, name, None)
+            if kept is not None:
+                grown[: len(kept)] = kept
+            setattr(self, name, grown)
+        self.capacity = capacity
+
+    def take(self, entity: str) -> int:
+        """A free row for the entity (its arrays as a released row left them)."""
+        if self._free:
+            row = self._free.pop()
+        else:
+            row = len(self.rows)
+            if row == self.capacity:
+                self._grow(max(16, row + row // 2))
+        self.rows[entity] = row
+        return row
+
+    def release(self, entity: str) -> int | None:
+        """Free the entity's row for another; its row, which the caller resets, or None."""
+        row = self.rows.pop(entity, None)
+        if row is not None:
+            self._free.append(row)
+        return row
 
 
 @kernel

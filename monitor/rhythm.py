@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.jit import exact_sum, kernel
+from monitor.jit import EntityRows, exact_sum, kernel
 
 __all__ = ["WEEKLY", "Rhythm", "RhythmConfig"]
 
@@ -141,56 +141,39 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-class _States:
+class _States(EntityRows):
     """Every entity's slot profile, recent residuals and history, one row per entity, channels
     interleaved: the arrays :func:`_learn_windows` works on. Rows are reused once forgotten."""
 
     def __init__(self, config: RhythmConfig, channels: int) -> None:
         self.config = config
         self.channels = channels
-        self.rows: dict[str, int] = {}  # entity -> row, in the order entities came
-        self._free: list[int] = []
-        self._grow(0)
+        super().__init__()  # rows: entity -> row, in the order entities came
 
-    def _grow(self, capacity: int) -> None:
-        """Room for ``capacity`` rows, keeping the rows there are (none at the first call)."""
+    def _arrays(self) -> dict[str, tuple[tuple[int, ...], Any, float]]:
         config, channels = self.config, self.channels
-        shapes = {
-            "profile": (config.slots * channels, math.nan),  # NaN = slot not seen yet
-            "recent": (config.average * channels, 0.0),  # a ring of residuals
-            "recent_sum": (channels, 0.0),
+        return {
+            "profile": ((config.slots * channels,), np.float64, math.nan),  # NaN = slot not seen
+            "recent": ((config.average * channels,), np.float64, 0.0),  # a ring of residuals
+            "recent_sum": ((channels,), np.float64, 0.0),
             # A ring of (sum ma, sum ma^2) per channel per block, the completed blocks' sums and
             # the current block's.
-            "blocks": (config.history_blocks * 2 * channels, 0.0),
-            "history": (2 * channels, 0.0),
-            "current": (2 * channels, 0.0),
-            "started": (1, math.nan),  # the first window's end, epoch s; NaN: no window yet
+            "blocks": ((config.history_blocks * 2 * channels,), np.float64, 0.0),
+            "history": ((2 * channels,), np.float64, 0.0),
+            "current": ((2 * channels,), np.float64, 0.0),
+            "started": ((1,), np.float64, math.nan),  # the first window's end, epoch s; NaN: none
+            # filled (residuals in the ring), at (next ring position), blocks_filled, block_at,
+            # current_n (windows in the current block).
+            "counts": ((5,), np.int64, 0),
         }
-        # counts: filled (residuals in the ring), at (next ring position), blocks_filled,
-        # block_at, current_n (windows in the current block).
-        shapes["counts"] = (5, 0)
-        for name, (width, fill) in shapes.items():
-            grown = np.full((capacity, width), fill, dtype=np.int64 if name == "counts" else None)
-            kept = getattr(self, name, None)
-            if kept is not None:
-                grown[: len(kept)] = kept
-            setattr(self, name, grown)
 
     def row(self, entity: str) -> int:
         """The entity's row, a fresh one for a new entity."""
         row = self.rows.get(entity)
-        if row is None:
-            if self._free:
-                row = self._free.pop()
-            else:
-                row = len(self.rows)
-                if row == len(self.counts):
-                    self._grow(max(16, row + row // 2))
-            self.rows[entity] = row
-        return row
+        return self.take(entity) if row is None else row
 
     def forget(self, entity: str) -> None:
-        row = self.rows.pop(entity, None)
+        row = self.release(entity)
         if row is None:
             return
         for name in ("recent", "recent_sum", "blocks", "history", "current"):
@@ -198,7 +181,6 @@ class _States:
         self.profile[row] = math.nan
         self.started[row] = math.nan
         self.counts[row] = 0
-        self._free.append(row)
 
     def to_dict(self, row: int) -> dict[str, Any]:
         started = float(self.started[row, 0])

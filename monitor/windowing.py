@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor.jit import kernel
+from monitor.jit import EntityRows, kernel
 from monitor.records import Reading, Window
 
 __all__ = [
@@ -415,7 +415,7 @@ class _Entity:
 _ANCHOR, _INTERVAL, _CLOSED, _SEG, _ROWS_K0, _ROWS_LEN, _TAKEN, _ACTIVE, _NEWEST = range(9)
 
 
-class _Lane:
+class _Lane(EntityRows):
     """The state of the entities in the steady state, one row of arrays each, for
     :func:`_steady_lane`: a batch's steady readings are windowed in one compiled call.
 
@@ -433,42 +433,26 @@ class _Lane:
     def __init__(self, maxlen: int, width: int) -> None:
         self.maxlen = maxlen
         self.width = width
-        self.rows: dict[str, int] = {}  # entity -> row
         self.spans: list[timedelta | None] = []  # row -> a window's end minus its start
-        self._free: list[int] = []
-        self._grow(0)
+        super().__init__()
+
+    def _arrays(self) -> dict[str, tuple[tuple[int, ...], Any, float]]:
+        return {
+            "ints": ((9,), np.int64, 0),
+            "ring": ((self.maxlen, self.width), np.float64, 0.0),
+            "recent_ts": ((_RECENT_READINGS,), np.int64, 0),
+            "recent_values": ((_RECENT_READINGS, self.width), np.float64, 0.0),
+        }
 
     def _grow(self, capacity: int) -> None:
-        shapes = {
-            "ints": ((9,), np.int64),
-            "ring": ((self.maxlen, self.width), np.float64),
-            "recent_ts": ((_RECENT_READINGS,), np.int64),
-            "recent_values": ((_RECENT_READINGS, self.width), np.float64),
-        }
-        for name, (shape, dtype) in shapes.items():
-            grown = np.zeros((capacity, *shape), dtype=dtype)
-            kept = getattr(self, name, None)
-            if kept is not None:
-                grown[: len(kept)] = kept
-            setattr(self, name, grown)
+        super()._grow(capacity)
         self.spans.extend([None] * (capacity - len(self.spans)))
 
-    def take(self, entity: str) -> int:
-        """A free row for the entity."""
-        if self._free:
-            row = self._free.pop()
-        else:
-            row = len(self.rows)
-            if row == len(self.ints):
-                self._grow(max(16, row + row // 2))
-        self.rows[entity] = row
-        return row
-
-    def release(self, entity: str) -> None:
-        row = self.rows.pop(entity, None)
+    def release(self, entity: str) -> int | None:
+        row = super().release(entity)
         if row is not None:
             self.ints[row] = 0
-            self._free.append(row)
+        return row
 
 
 @kernel
