@@ -389,6 +389,11 @@ class Episodes:
         self._awaiting: list[WindowDecision] = []
         self._noting: list[_EntityEpisodes] = []
 
+    def tracks(self, entity: str) -> bool:
+        """Whether the entity has any state here (pending marks, an open episode or its
+        cooldown). A normal window of an entity not tracked changes nothing (:meth:`push`)."""
+        return entity in self._entities
+
     def is_open(self, entity: str) -> bool:
         """Whether the entity has an open episode."""
         state = self._entities.get(entity)

@@ -201,55 +201,61 @@ class Detector:
         episodes = self.episodes
         routine = self.routine
         decisions = out.decisions
-        # One conversion for the batch: the same Python floats as float(scores.window[i]).
+        # One conversion for the batch: the same Python floats as float(scores.window[i]), and
+        # the rows of the channel and step errors as views made in one go.
         window_scores = scores.window.tolist()
-        channel, step = scores.channel, scores.step
+        channel_rows, step_rows = list(scores.channel), list(scores.step)
+        ends = [w.end.timestamp() for w in windows]  # for the rhythms and the routine
         # The rhythms learn every window whatever else is decided: the whole batch in one call
         # each, before the windows are judged in order.
-        off_rhythm_flags = self._off_rhythm(windows, values)
+        off_rhythm_flags = self._off_rhythm(windows, values, ends)
         for i, window in enumerate(windows):
             entity = window.entity
             threshold = thresholds.get(entity)
             if threshold is None:
                 threshold = self._threshold_for(entity)
             score = window_scores[i]
-            anomalous = threshold.classify(score)
+            value = threshold.value
+            anomalous = value is not None and score > value  # Threshold.classify, for a float
             usual = False
-            if routine is not None:
-                value = threshold.value
-                if value is not None and value > 0.0 and score == score:  # not NaN
-                    usual = routine.learn_one(entity, window.end, score / value)
-                    if usual:
-                        anomalous = False
+            if routine is not None and value is not None and value > 0.0 and score == score:
+                usual = routine.learn_at(entity, ends[i], score / value)  # score not NaN
+                if usual:
+                    anomalous = False
             off_rhythm = off_rhythm_flags[i]
             # Positional (keywords cost ~0.5 µs per window), in the record's field order.
             decision = WindowDecision(
                 window,
                 version,
                 score,
-                threshold.value,
+                value,  # threshold
                 anomalous,
-                channel[i],  # channel_errors
-                step[i],  # step_errors
+                channel_rows[i],  # channel_errors
+                step_rows[i],  # step_errors
                 off_rhythm,
                 usual,  # routine
             )
+            # An entity the episodes do not track has no open episode, and its window changes
+            # nothing there unless it is anomalous or off its rhythms (Episodes.push).
+            tracked = episodes.tracks(entity)
             if anomalous:
                 # Tells the threshold a score exceeded it without teaching it the score itself.
                 threshold.learn_anomalous(score)
-            elif not episodes.is_open(entity):
+            elif not tracked or not episodes.is_open(entity):
                 threshold.learn_one(score)
             decisions.append(decision)
-            episodes.push(decision)
+            if tracked or anomalous or off_rhythm:
+                episodes.push(decision)
 
-    def _off_rhythm(self, windows: Sequence[Window], values: np.ndarray | None) -> list[bool]:
+    def _off_rhythm(
+        self, windows: Sequence[Window], values: np.ndarray | None, ends: list[float]
+    ) -> list[bool]:
         """Whether each window is off either rhythm (both learn every window); ``values`` as
-        in :meth:`judge`."""
+        in :meth:`judge`, ``ends`` the windows' ends in epoch seconds."""
         rhythms = [r for r in (self.rhythm, self.weekly_rhythm) if r is not None]
         if not rhythms or not windows:
             return [False] * len(windows)
         entities = [w.entity for w in windows]
-        ends = [w.end.timestamp() for w in windows]
         if values is None:
             latest = np.array([w.values[-1] for w in windows], dtype=np.float64)
         else:

@@ -130,12 +130,15 @@ class Routine:
         threshold; return whether it is routine (above the threshold, but at most ``margin``
         times the ratios seen around this time of day at least half a period earlier), and
         remember its ratio."""
+        return self.learn_at(entity, end.timestamp(), ratio)
+
+    def learn_at(self, entity: str, now: float, ratio: float) -> bool:
+        """:meth:`learn_one` with the window's end in epoch seconds (``datetime.timestamp``)."""
         config = self.config
         slots = config.slots
         state = self._entities.get(entity)
         if state is None:
             state = self._entities[entity] = _EntityRoutine.fresh(slots)
-        now = end.timestamp()
         slot = int(now % config.period_s // self._width) % slots
         earlier, latest, since = state.earlier, state.latest, state.since
         long_ago = now - self._half

@@ -292,8 +292,9 @@ class Threshold(ABC):
             return
         if not math.isfinite(x):
             return
-        self._streak.clear()
-        if self.value is None and not self._ready():
+        if self._streak:
+            self._streak.clear()
+        if not self._ready() and self.value is None:
             self._warm.append(x)
             if len(self._warm) >= self.config.min_warm_scores:
                 warm, self._warm = self._warm, []
@@ -633,7 +634,7 @@ class SpotThreshold(Threshold):
 
     def _learn(self, x: float) -> None:
         assert self._t is not None and self._tail_value is not None
-        baseline = self._baseline()
+        baseline = self._baseline() if self._drift else 0.0  # as _baseline(), without the call
         if x > self._tail_value + baseline:  # above the value
             return
         residual = x - baseline

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.episodes import EpisodeConfig, Episodes, severity_of
 from monitor.records import (
@@ -170,6 +172,37 @@ def test_entities_are_independent_and_idle_ones_hold_no_state() -> None:
     assert episodes.is_open("hot") and not episodes.is_open("calm")
     assert episodes.open_entities() == ["hot"]
     assert "calm" not in episodes._entities
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    windows=st.lists(
+        st.tuples(
+            st.sampled_from(["p", "q"]),
+            st.sampled_from([0.1, 0.5, 2.0, 5.0]),  # scores against a threshold of 1
+            st.booleans(),  # off the rhythms
+            st.booleans(),  # the threshold warming up
+        ),
+        max_size=80,
+    )
+)
+def test_normal_windows_of_untracked_entities_can_be_left_out(
+    windows: list[tuple[str, float, bool, bool]],
+) -> None:
+    # The Detector pushes a window only when the entity is tracked, or the window is anomalous
+    # or off its rhythms: the events and the state must be those of pushing every window.
+    every, some = Episodes(SMALL), Episodes(SMALL)
+    for i, (entity, score, off_rhythm, warming) in enumerate(windows):
+        d = decision(
+            i, score, entity=entity, off_rhythm=off_rhythm, threshold=None if warming else 1.0
+        )
+        every.push(d)
+        if some.tracks(entity) or d.anomalous or d.off_rhythm:
+            some.push(d)
+        assert some.tracks(entity) == every.tracks(entity)
+        assert some.is_open(entity) == every.is_open(entity)
+    assert [repr(e) for e in some.settle()] == [repr(e) for e in every.settle()]
+    assert some.snapshot() == every.snapshot()
 
 
 def test_model_version_comes_from_the_decision() -> None:
