@@ -274,8 +274,12 @@ class Rhythm:
         """:meth:`learn_one` over windows in order: ``ends`` in epoch seconds, ``latest`` as a
         (windows, channels) array. Returns whether each window is off rhythm (bool array)."""
         states = self._states
-        row = states.row
-        rows = np.fromiter((row(entity) for entity in entities), np.int64, len(entities))
+        known = states.rows.get
+        found = [known(entity) for entity in entities]
+        if None in found:  # new entities: rows taken in order of first appearance
+            row = states.row
+            found = [row(entity) for entity in entities]
+        rows = np.array(found, dtype=np.int64)
         off = np.zeros(len(rows), dtype=np.bool_)
         if not len(rows):
             return off

@@ -831,13 +831,13 @@ class Windower:
         out.flags.writeable = False
         spans = lane.spans
         made_at = out_at[:made]
-        for w, (index, row) in enumerate(
-            zip(at_array[made_at].tolist(), rows_array[made_at].tolist(), strict=True)
+        for index, row, values in zip(
+            at_array[made_at].tolist(), rows_array[made_at].tolist(), list(out), strict=True
         ):
             reading = readings[index]
             end = reading.timestamp
             # Positional: keyword arguments cost a Window ~0.3 µs more.
-            windows.append((index, Window(reading.entity, end - spans[row], end, channels, out[w])))
+            windows.append((index, Window(reading.entity, end - spans[row], end, channels, values)))
         return windows, out, rest
 
     def _enter_lane(self, lane: _Lane, name: str) -> None:
