@@ -96,10 +96,10 @@ class LSTMDecoder(nn.Module):
         channels: int,
         window: int,
         frame: int,
+        steps: int,
     ) -> None:
         super().__init__()
-        self.window, self.frame, self.channels = window, frame, channels
-        self.steps = -(-window // frame)
+        self.window, self.frame, self.steps, self.channels = window, frame, steps, channels
         self.lstm = nn.LSTM(latent_size, hidden_size, num_layers, batch_first=True)
         self.to_output = nn.Linear(hidden_size, channels * frame)
 
@@ -122,7 +122,7 @@ class LSTMNetwork(Network):
         self.encoder = LSTMEncoder(channels, c.hidden_size, c.num_layers, c.frame, c.steps)
         self.to_latent = nn.Linear(c.hidden_size, c.latent_size)
         self.decoder = LSTMDecoder(
-            c.latent_size, c.hidden_size, c.num_layers, channels, c.window, c.frame
+            c.latent_size, c.hidden_size, c.num_layers, channels, c.window, c.frame, c.steps
         )
 
     def encode(self, x: Tensor) -> Tensor:

@@ -54,7 +54,7 @@ class VariationalNetwork(Network):
         self.to_mean = nn.Linear(c.hidden_size, c.latent_size)
         self.to_log_var = nn.Linear(c.hidden_size, c.latent_size)
         self.decoder = LSTMDecoder(
-            c.latent_size, c.hidden_size, c.num_layers, channels, c.window, c.frame
+            c.latent_size, c.hidden_size, c.num_layers, channels, c.window, c.frame, c.steps
         )
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:

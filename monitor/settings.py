@@ -286,17 +286,14 @@ class ModelSettings(_Section):
         keys given: a dense model takes the latent size but has no ``hidden_size``."""
         if not isinstance(data, dict):
             return data
+        from models import KINDS
+
         kind = data.get("kind", "lstm")
         given = data.get("hyperparameters")
-        if kind == "lstm":
-            defaults = _NAB_HYPERPARAMETERS
-        else:
-            from models import KINDS
-
-            if kind not in KINDS:
-                return data  # the kind's own validation says what is wrong
-            known = {f.name for f in dataclasses.fields(KINDS[kind].config_class)}
-            defaults = {k: v for k, v in _NAB_HYPERPARAMETERS.items() if k in known}
+        if kind not in KINDS:
+            return data  # the kind's own validation says what is wrong
+        known = {f.name for f in dataclasses.fields(KINDS[kind].config_class)}
+        defaults = {k: v for k, v in _NAB_HYPERPARAMETERS.items() if k in known}
         return {**data, "hyperparameters": _over(defaults, {} if given is None else given)}
 
 
