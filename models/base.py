@@ -115,6 +115,12 @@ class Autoencoder(ABC):
     def score(self, windows: np.ndarray) -> Scores:
         """Score raw windows (n, time, channels) in one batched, gradient-free call."""
 
+    def score_in_background(self, windows: np.ndarray) -> Scores:
+        """:meth:`score`, for a thread that scores while another runs Python (the daemon's
+        scoring thread); the same scores. A model whose scoring can leave the GIL to the other
+        thread for longer than :meth:`score` does overrides it."""
+        return self.score(windows)
+
     @abstractmethod
     def encode(self, windows: np.ndarray) -> np.ndarray:
         """Latent codes (n, latent) of raw windows, for projection and visualisation."""

@@ -13,7 +13,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Network", "activate", "elementwise_error", "padded_batches", "sparsity_penalty"]
+__all__ = [
+    "Network",
+    "ScoringKernel",
+    "activate",
+    "elementwise_error",
+    "padded_batches",
+    "padded_size",
+    "sparsity_penalty",
+]
 
 
 class Network(nn.Module):
@@ -38,6 +46,39 @@ class Network(nn.Module):
         """One training forward pass: (reconstruction, code for sparsity, extra loss term)."""
         z = self.encode(x)  # (batch, latent)
         return self.decode(z), z, x.new_zeros(())
+
+
+class ScoringKernel(nn.Module):
+    """Raw windows -> the errors that score them, in one module that TorchScript compiles whole.
+
+    The computation of a torch autoencoder's eager scoring, op for op: the affine scaler's
+    normalisation in float64 then float32, the network over the batch zero-padded to
+    ``padded`` windows (see :func:`padded_size`), :func:`elementwise_error`, and its means per
+    window, channel and step in float64. Scripted, one call runs all of it in C++ without the
+    GIL (see :meth:`models.autoencoder.TorchAutoencoder.score_in_background`).
+    """
+
+    def __init__(self, network: nn.Module, offset: Tensor, scale: Tensor, loss: str) -> None:
+        super().__init__()
+        self.network, self.loss = network, loss
+        self.register_buffer("offset", offset.to(torch.float64))  # (channels,)
+        self.register_buffer("scale", scale.to(torch.float64))  # (channels,)
+
+    def forward(self, raw: Tensor, padded: int) -> tuple[Tensor, Tensor, Tensor, bool]:
+        """(window (n,), channel (n, C), step (n, T)) errors of raw float64 windows (n, T, C),
+        and whether every raw value was finite."""
+        finite = bool(torch.isfinite(raw).all())
+        x = ((raw - self.offset) / self.scale).to(torch.float32)  # (n, time, channels)
+        n = x.shape[0]
+        if padded > n:
+            x = torch.cat([x, x.new_zeros([padded - n, x.shape[1], x.shape[2]])])
+        error = elementwise_error(self.network(x)[:n], x[:n], self.loss)  # (n, T, C)
+        return (
+            error.mean(dim=(1, 2)).double(),
+            error.mean(dim=1).double(),
+            error.mean(dim=2).double(),
+            finite,
+        )
 
 
 def activate(output: Tensor, loss: str) -> Tensor:
@@ -66,7 +107,7 @@ def elementwise_error(output: Tensor, target: Tensor, loss: str) -> Tensor:
         entropy = -(torch.special.xlogy(y, y) + torch.special.xlogy(1 - y, 1 - y))
         outside = (target - y).square()
         return F.binary_cross_entropy_with_logits(output, y, reduction="none") - entropy + outside
-    raise ValueError(f"unknown loss {loss!r}")
+    raise ValueError("unknown loss '" + loss + "'")  # no f-string: TorchScript compiles this
 
 
 def sparsity_penalty(z: Tensor, kind: str, target: float) -> Tensor:
@@ -99,7 +140,12 @@ def padded_batches(x: Tensor, size: int) -> Iterator[tuple[Tensor, int]]:
     """
     for batch in x.split(size):
         n = len(batch)
-        padded = min(size, 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32)
+        padded = padded_size(n, size)
         if padded > n:
             batch = torch.cat([batch, batch.new_zeros((padded - n, *batch.shape[1:]))])
         yield batch, n
+
+
+def padded_size(n: int, size: int) -> int:
+    """The batch size that ``n`` windows are padded to by :func:`padded_batches` (n <= size)."""
+    return min(size, 1 << (n - 1).bit_length() if n <= 32 else -(-n // 32) * 32)

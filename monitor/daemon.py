@@ -46,7 +46,12 @@ from monitor.kafka.state import (
     key_digest,
 )
 from monitor.observability import Metrics
-from monitor.pipeline import Detector, DetectorConfig, process_in_stages
+from monitor.pipeline import (
+    Detector,
+    DetectorConfig,
+    prepare_background_scoring,
+    process_in_stages,
+)
 from monitor.records import Reading, WindowDecision
 from monitor.settings import Settings
 
@@ -272,6 +277,7 @@ class Daemon:
         switch_interval_s = sys.getswitchinterval()
         if self.settings.model.scoring_thread:
             self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor-scoring")
+            self._scorer.submit(prepare_background_scoring, self.model)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="monitor-checkpoint")
         try:
@@ -765,6 +771,8 @@ class Daemon:
         # Between batches: every window so far was scored by the old model, every later one
         # will be scored by the new one; none is lost or scored twice.
         self.config = self.config.for_model(model)
+        if self._scorer is not None:
+            self._scorer.submit(prepare_background_scoring, model)
         for detector in self.detectors.values():
             detector.swap_model(model)
         log.info("model swapped: %s -> %s", self.model.version, model.version)

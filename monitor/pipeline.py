@@ -28,6 +28,7 @@ __all__ = [
     "DetectorConfig",
     "DetectorOutput",
     "attribute_decisions",
+    "prepare_background_scoring",
     "process_in_stages",
     "process_together",
 ]
@@ -498,7 +499,11 @@ def process_in_stages(
         future = None
         if scorer is not None:
             future = scorer.submit(
-                _score_stacked, model, stacked, detector.config.max_batch_windows
+                _score_stacked,
+                model,
+                stacked,
+                detector.config.max_batch_windows,
+                background=True,
             )
         stages_windowed.append((detector, out, windows, stacked, future))
         if scorer is not None and len(stages_windowed) > 1:
@@ -530,6 +535,15 @@ def process_in_stages(
     return outputs
 
 
+def prepare_background_scoring(model: Autoencoder) -> None:
+    """Score two windows of zeros the way a scoring thread will (for a thread pool's first
+    task): a TorchScript kernel is compiled on first use and optimised over its first calls,
+    ~0.2 s together, which the first stages would otherwise wait for."""
+    zeros = np.zeros((1, model.window, len(model.channels)))
+    for _ in range(2):
+        model.score_in_background(zeros)
+
+
 def _stacked(windows: Sequence[Window]) -> np.ndarray:
     """The windows' values as one (n, time, channels) array: the windower's when it made them
     as one (:class:`monitor.windowing.Windows`), else stacked here."""
@@ -539,12 +553,16 @@ def _stacked(windows: Sequence[Window]) -> np.ndarray:
     return np.stack([w.values for w in windows])
 
 
-def _score_stacked(model: Autoencoder, stacked: np.ndarray, chunk: int) -> Scores:
-    """The model's scores of stacked windows, in calls of at most ``chunk`` windows. The
-    stacking stays on the caller's thread, because it holds the GIL all along (an array per
+def _score_stacked(
+    model: Autoencoder, stacked: np.ndarray, chunk: int, *, background: bool = False
+) -> Scores:
+    """The model's scores of stacked windows, in calls of at most ``chunk`` windows;
+    ``background`` on a scoring thread (:meth:`~models.base.Autoencoder.score_in_background`).
+    The stacking stays on the caller's thread, because it holds the GIL all along (an array per
     window) and the scoring thread waited for the GIL more than it computed."""
+    score = model.score_in_background if background else model.score
     return _joined(
-        [model.score(stacked[start : start + chunk]) for start in range(0, len(stacked), chunk)]
+        [score(stacked[start : start + chunk]) for start in range(0, len(stacked), chunk)]
     )
 
 

@@ -131,7 +131,7 @@ def test_the_next_stage_is_taken_while_the_scoring_thread_scores(model, monkeypa
     stage k is judged, so the two overlap."""
     log: list[tuple[str, int]] = []
     threads: set[int] = set()  # of the scoring calls (the episodes' attribution calls too)
-    score, attribute = model.score, model.attribute
+    score, attribute = model.score_in_background, model.attribute
     attributing = False
 
     def scoring(windows: np.ndarray):
@@ -147,7 +147,7 @@ def test_the_next_stage_is_taken_while_the_scoring_thread_scores(model, monkeypa
         finally:
             attributing = False
 
-    monkeypatch.setattr(model, "score", scoring)
+    monkeypatch.setattr(model, "score_in_background", scoring)
     monkeypatch.setattr(model, "attribute", attributing_on_the_callers_thread)
     detector = Detector(model, CONFIG)
     judge = detector.judge
