@@ -25,7 +25,7 @@ from models.network import (
     Network,
     ScoringKernel,
     activate,
-    elementwise_error,
+    error_means,
     padded_batches,
     padded_size,
 )
@@ -194,25 +194,15 @@ class TorchAutoencoder(Autoencoder):
         if not x.flags.writeable:
             x = x.copy()
         size = self.config.score_batch_size
-        windows_, channels, steps = [], [], []
+        parts = []
         with torch.inference_mode():
             for start in range(0, len(x), size):
                 raw = torch.from_numpy(x[start : start + size])
                 window, channel, step, finite = kernel(raw, padded_size(len(raw), size))
                 if not finite:
                     raise ValueError("windows contain NaN or inf values")
-                windows_.append(window.numpy())
-                channels.append(channel.numpy())
-                steps.append(step.numpy())
-        if not windows_:
-            return Scores(*self._no_scores())
-        if len(windows_) == 1:
-            return Scores(window=windows_[0], channel=channels[0], step=steps[0])
-        return Scores(
-            window=np.concatenate(windows_),
-            channel=np.concatenate(channels),
-            step=np.concatenate(steps),
-        )
+                parts.append((window.numpy(), channel.numpy(), step.numpy()))
+        return Scores(*self._joined(parts))
 
     def encode(self, windows: np.ndarray) -> np.ndarray:
         """Latent codes (n, latent_size) of raw windows (the VAE returns the posterior mean)."""
@@ -338,28 +328,27 @@ class TorchAutoencoder(Autoencoder):
     def _score_normalised(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(window (n,), channel (n, C), step (n, T)) errors of normalised windows."""
         runtime = self._runtime_network()
-        windows, channels, steps = [], [], []
         with torch.inference_mode():
-            for batch, n in padded_batches(
-                torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-                self.config.score_batch_size,
-            ):
-                error = elementwise_error(
-                    runtime(batch)[:n], batch[:n], self.config.loss
-                )  # (n, T, C)
-                windows.append(error.mean(dim=(1, 2)))
-                channels.append(error.mean(dim=1))
-                steps.append(error.mean(dim=2))
-        if not windows:
-            return self._no_scores()
-        return (
-            torch.cat(windows).double().numpy(),
-            torch.cat(channels).double().numpy(),
-            torch.cat(steps).double().numpy(),
-        )
+            parts = [
+                error_means(runtime(batch)[:n], batch[:n], self.config.loss)
+                for batch, n in padded_batches(
+                    torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                    self.config.score_batch_size,
+                )
+            ]
+        return self._joined([tuple(part.numpy() for part in errors) for errors in parts])
 
-    def _no_scores(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return np.zeros(0), np.zeros((0, len(self.channels))), np.zeros((0, self.window))
+    def _joined(
+        self, parts: list[tuple[np.ndarray, ...]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The (window, channel, step) errors of consecutive batches as one of each."""
+        if not parts:
+            return np.zeros(0), np.zeros((0, len(self.channels))), np.zeros((0, self.window))
+        if len(parts) == 1:
+            window, channel, step = parts[0]
+            return window, channel, step
+        window, channel, step = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return window, channel, step
 
     def _scoring_kernel(self) -> torch.jit.ScriptModule | None:
         """The scripted kernel of the runtime network (made again when that changes), or None

@@ -18,6 +18,7 @@ __all__ = [
     "ScoringKernel",
     "activate",
     "elementwise_error",
+    "error_means",
     "padded_batches",
     "padded_size",
     "sparsity_penalty",
@@ -53,9 +54,9 @@ class ScoringKernel(nn.Module):
 
     The computation of a torch autoencoder's eager scoring, op for op: the affine scaler's
     normalisation in float64 then float32, the network over the batch zero-padded to
-    ``padded`` windows (see :func:`padded_size`), :func:`elementwise_error`, and its means per
-    window, channel and step in float64. Scripted, one call runs all of it in C++ without the
-    GIL (see :meth:`models.autoencoder.TorchAutoencoder.score_in_background`).
+    ``padded`` windows (see :func:`padded_size`), and :func:`error_means`. Scripted, one call
+    runs all of it in C++ without the GIL (see
+    :meth:`models.autoencoder.TorchAutoencoder.score_in_background`).
     """
 
     def __init__(self, network: nn.Module, offset: Tensor, scale: Tensor, loss: str) -> None:
@@ -72,13 +73,8 @@ class ScoringKernel(nn.Module):
         n = x.shape[0]
         if padded > n:
             x = torch.cat([x, x.new_zeros([padded - n, x.shape[1], x.shape[2]])])
-        error = elementwise_error(self.network(x)[:n], x[:n], self.loss)  # (n, T, C)
-        return (
-            error.mean(dim=(1, 2)).double(),
-            error.mean(dim=1).double(),
-            error.mean(dim=2).double(),
-            finite,
-        )
+        window, channel, step = error_means(self.network(x)[:n], x[:n], self.loss)
+        return window, channel, step, finite
 
 
 def activate(output: Tensor, loss: str) -> Tensor:
@@ -108,6 +104,13 @@ def elementwise_error(output: Tensor, target: Tensor, loss: str) -> Tensor:
         outside = (target - y).square()
         return F.binary_cross_entropy_with_logits(output, y, reduction="none") - entropy + outside
     raise ValueError("unknown loss '" + loss + "'")  # no f-string: TorchScript compiles this
+
+
+def error_means(output: Tensor, target: Tensor, loss: str) -> tuple[Tensor, Tensor, Tensor]:
+    """What windows are scored by: :func:`elementwise_error` averaged per window (n,), per
+    channel (n, C) and per step (n, T), in float64."""
+    error = elementwise_error(output, target, loss)  # (n, time, channels)
+    return error.mean(dim=(1, 2)).double(), error.mean(dim=1).double(), error.mean(dim=2).double()
 
 
 def sparsity_penalty(z: Tensor, kind: str, target: float) -> Tensor:
