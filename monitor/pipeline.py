@@ -206,7 +206,11 @@ class Detector:
         # the rows of the channel and step errors as views made in one go.
         window_scores = scores.window.tolist()
         channel_rows, step_rows = list(scores.channel), list(scores.step)
-        ends = [w.end.timestamp() for w in windows]  # for the rhythms and the routine
+        # The windows' ends in epoch seconds, for the rhythms and the routine: the windower's
+        # when it had them (Windows.ends), else taken here (~0.3 µs a window).
+        ends = getattr(windows, "ends", None)
+        if ends is None or len(ends) != len(windows):
+            ends = [w.end.timestamp() for w in windows]
         # The rhythms learn every window whatever else is decided: the whole batch in one call
         # each, before the windows are judged in order.
         off_rhythm_flags = self._off_rhythm(windows, values, ends)

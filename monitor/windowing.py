@@ -286,13 +286,20 @@ class WindowerOutput:
 class Windows(list[Window]):
     """Windows in the order they were completed. ``values`` is all their values stacked, (n,
     time, channels), when the windower made them as one array (each window's values then is a
-    read-only view of its row), else None."""
+    read-only view of its row), else None; ``ends`` their ends in epoch seconds (each
+    ``window.end.timestamp()``) when the windower had those at hand, else None."""
 
-    __slots__ = ("values",)
+    __slots__ = ("ends", "values")
 
-    def __init__(self, windows: Iterable[Window] = (), values: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        windows: Iterable[Window] = (),
+        values: np.ndarray | None = None,
+        ends: list[float] | None = None,
+    ) -> None:
         super().__init__(windows)
         self.values = values
+        self.ends = ends
 
 
 class _Entity:
@@ -618,9 +625,9 @@ class Windower:
             windows, _, refused = self._learn_each(readings, range(len(readings)), None)
             return Windows(windows), refused
         if lane.rows:
-            lane_windows, lane_values, rest = self._learn_lane(lane, readings)
+            lane_windows, lane_values, lane_ends, rest = self._learn_lane(lane, readings)
         else:
-            lane_windows, lane_values, rest = [], None, range(len(readings))
+            lane_windows, lane_values, lane_ends, rest = [], None, None, range(len(readings))
         touched: set[str] = set()
         windows, ends, refused = self._learn_each(readings, rest, touched)
         for name in touched:
@@ -628,7 +635,8 @@ class Windower:
         if not lane_windows:
             return Windows(windows), refused
         if not windows:
-            return Windows([window for _, window in lane_windows], lane_values), refused
+            windows = [window for _, window in lane_windows]
+            return Windows(windows, lane_values, lane_ends), refused
         pairs = heapq.merge(lane_windows, zip(ends, windows, strict=True), key=_first)
         return Windows(window for _, window in pairs), refused
 
@@ -741,11 +749,11 @@ class Windower:
 
     def _learn_lane(
         self, lane: _Lane, readings: list[Reading] | tuple[Reading, ...]
-    ) -> tuple[list[tuple[int, Window]], np.ndarray | None, list[int]]:
+    ) -> tuple[list[tuple[int, Window]], np.ndarray | None, list[float] | None, list[int]]:
         """Run the readings of the entities in the lane through it; return the windows it made,
-        each with the index of the reading that completed it, their values stacked, and the
-        indexes of the readings left for the Python path (of entities not in the lane, or that
-        left it)."""
+        each with the index of the reading that completed it, their values stacked, their ends
+        in epoch seconds, and the indexes of the readings left for the Python path (of entities
+        not in the lane, or that left it)."""
         channels = self.config.channels
         assert channels is not None
         width = len(channels)
@@ -791,16 +799,17 @@ class Windower:
             micros.append(0)
             values.append(blank)
         if not at:
-            return [], None, list(range(len(readings)))
+            return [], None, None, list(range(len(readings)))
         n = len(at)
         length = self.config.length
         out = np.empty((n, length, width))
         out_at = np.empty(n, dtype=np.int64)
         took = np.zeros(n, dtype=np.bool_)
         rows_array = np.array(rows, dtype=np.int64)
+        stamps_array = np.array(stamps, dtype=np.float64)
         made = _steady_lane(
             rows_array,
-            np.array(stamps, dtype=np.float64),
+            stamps_array,
             np.array(micros, dtype=np.int64),
             np.array(values, dtype=np.float64).reshape(n, width),
             lane.ints,
@@ -826,7 +835,7 @@ class Windower:
         rest = np.flatnonzero(left).tolist()
         windows: list[tuple[int, Window]] = []
         if not made:
-            return windows, None, rest
+            return windows, None, None, rest
         out = out[:made]
         out.flags.writeable = False
         spans = lane.spans
@@ -838,7 +847,8 @@ class Windower:
             end = reading.timestamp
             # Positional: keyword arguments cost a Window ~0.3 µs more.
             windows.append((index, Window(reading.entity, end - spans[row], end, channels, values)))
-        return windows, out, rest
+        # A window ends at the reading that completed it, whose timestamp() is in stamps.
+        return windows, out, stamps_array[made_at].tolist(), rest
 
     def _enter_lane(self, lane: _Lane, name: str) -> None:
         """Move the entity into the lane if its state is steady: its last closed step is its

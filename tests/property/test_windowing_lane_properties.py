@@ -78,12 +78,16 @@ def comparable(window: Window) -> tuple[Any, ...]:
 
 
 def check_values(made: Windows) -> None:
-    """``values``, when given, is every window's values, stacked in order."""
+    """``values``, when given, is every window's values, stacked in order; ``ends``, when
+    given, every window's end in epoch seconds, the very floats of ``end.timestamp()``."""
     if made.values is not None:
         assert made.values.shape == (len(made), *made[0].values.shape)
         for row, window in zip(made.values, made, strict=True):
             assert np.shares_memory(row, window.values)
             assert row.tobytes() == window.values.tobytes()
+    if made.ends is not None:
+        assert made.ends == [w.end.timestamp() for w in made]
+        assert all(type(end) is float for end in made.ends)
 
 
 def run(
@@ -155,6 +159,7 @@ def test_lane_takes_the_steady_readings() -> None:
     assert windows.values is not None and windows.values[:, :, 0].tolist() == [
         w.values[:, 0].tolist() for w in windows
     ]
+    assert windows.ends == [w.end.timestamp() for w in windows]
     assert windower._lane.ints[windower._lane.rows["e"], windowing._TAKEN] == 9
 
 
