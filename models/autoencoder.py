@@ -140,7 +140,7 @@ class TorchAutoencoder(Autoencoder):
                     self.config,
                     seed=seed,
                     progress=progress,
-                    scorer=lambda w: self._score_normalised(w)[0],
+                    scorer=lambda w: self._score_normalised(w).window,
                 )
             except BaseException:
                 (self.network, self.scaler), self._runtime = previous, None
@@ -168,8 +168,7 @@ class TorchAutoencoder(Autoencoder):
 
         Raises ValueError for a wrong shape or non-finite values; RuntimeError before fit/load.
         """
-        window, channel, step = self._score_normalised(self._normalised(windows))
-        return Scores(window=window, channel=channel, step=step)
+        return self._score_normalised(self._normalised(windows))
 
     def score_in_background(self, windows: np.ndarray) -> Scores:
         """:meth:`score`, for a thread that scores while another thread runs Python.
@@ -201,8 +200,8 @@ class TorchAutoencoder(Autoencoder):
                 window, channel, step, finite = kernel(raw, padded_size(len(raw), size))
                 if not finite:
                     raise ValueError("windows contain NaN or inf values")
-                parts.append((window.numpy(), channel.numpy(), step.numpy()))
-        return Scores(*self._joined(parts))
+                parts.append(Scores(window.numpy(), channel.numpy(), step.numpy()))
+        return self._joined(parts)
 
     def encode(self, windows: np.ndarray) -> np.ndarray:
         """Latent codes (n, latent_size) of raw windows (the VAE returns the posterior mean)."""
@@ -325,8 +324,8 @@ class TorchAutoencoder(Autoencoder):
                 self._runtime = network
         return self._runtime
 
-    def _score_normalised(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(window (n,), channel (n, C), step (n, T)) errors of normalised windows."""
+    def _score_normalised(self, x: np.ndarray) -> Scores:
+        """The scores of normalised windows."""
         runtime = self._runtime_network()
         with torch.inference_mode():
             parts = [
@@ -336,19 +335,15 @@ class TorchAutoencoder(Autoencoder):
                     self.config.score_batch_size,
                 )
             ]
-        return self._joined([tuple(part.numpy() for part in errors) for errors in parts])
+        return self._joined([Scores(*(part.numpy() for part in errors)) for errors in parts])
 
-    def _joined(
-        self, parts: list[tuple[np.ndarray, ...]]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The (window, channel, step) errors of consecutive batches as one of each."""
+    def _joined(self, parts: list[Scores]) -> Scores:
+        """Consecutive batches' scores as one; no batch, no windows (of this model's shape)."""
         if not parts:
-            return np.zeros(0), np.zeros((0, len(self.channels))), np.zeros((0, self.window))
-        if len(parts) == 1:
-            window, channel, step = parts[0]
-            return window, channel, step
-        window, channel, step = (np.concatenate(column) for column in zip(*parts, strict=True))
-        return window, channel, step
+            return Scores(
+                np.zeros(0), np.zeros((0, len(self.channels))), np.zeros((0, self.window))
+            )
+        return Scores.joined(parts)
 
     def _scoring_kernel(self) -> torch.jit.ScriptModule | None:
         """The scripted kernel of the runtime network (made again when that changes), or None

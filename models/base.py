@@ -12,6 +12,7 @@ Shapes: a *series* is (steps, channels) in time order; a batch of *windows* is
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ class Scores:
     def rows(self, start: int, stop: int) -> Scores:
         """The scores of windows ``start`` to ``stop`` (views, not copies)."""
         return Scores(self.window[start:stop], self.channel[start:stop], self.step[start:stop])
+
+    @staticmethod
+    def joined(parts: Sequence[Scores]) -> Scores:
+        """The scores of consecutive batches as one (a single batch's as they are); at least
+        one part."""
+        if len(parts) == 1:
+            return parts[0]
+        return Scores(
+            window=np.concatenate([p.window for p in parts]),
+            channel=np.concatenate([p.channel for p in parts]),
+            step=np.concatenate([p.step for p in parts]),
+        )
 
 
 @dataclass(slots=True)

@@ -565,16 +565,6 @@ def _score_stacked(
     The stacking stays on the caller's thread, because it holds the GIL all along (an array per
     window) and the scoring thread waited for the GIL more than it computed."""
     score = model.score_in_background if background else model.score
-    return _joined(
+    return Scores.joined(
         [score(stacked[start : start + chunk]) for start in range(0, len(stacked), chunk)]
-    )
-
-
-def _joined(parts: list[Scores]) -> Scores:
-    if len(parts) == 1:
-        return parts[0]
-    return Scores(
-        window=np.concatenate([p.window for p in parts]),
-        channel=np.concatenate([p.channel for p in parts]),
-        step=np.concatenate([p.step for p in parts]),
     )

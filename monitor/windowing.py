@@ -840,13 +840,15 @@ class Windower:
         out.flags.writeable = False
         spans = lane.spans
         made_at = out_at[:made]
-        for index, row, values in zip(
+        for index, row, stacked in zip(
             at_array[made_at].tolist(), rows_array[made_at].tolist(), list(out), strict=True
         ):
             reading = readings[index]
             end = reading.timestamp
             # Positional: keyword arguments cost a Window ~0.3 µs more.
-            windows.append((index, Window(reading.entity, end - spans[row], end, channels, values)))
+            windows.append(
+                (index, Window(reading.entity, end - spans[row], end, channels, stacked))
+            )
         # A window ends at the reading that completed it, whose timestamp() is in stamps.
         return windows, out, stamps_array[made_at].tolist(), rest
 
